@@ -1,0 +1,256 @@
+"""Every message on the wire, as msgspec Structs: validated on decode, one schema for JSON and msgpack.
+
+Clients may speak JSON (`application/json`, bytes as base64) or msgpack
+(`application/msgpack`); answers use the request's format. Pickled payloads are
+`bytes` here and are never loaded by a server process.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$",
+                                    description="1-128 chars: letters, digits, _ . : -")]
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
+Position = Annotated[int, msgspec.Meta(ge=0, lt=1 << 64)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Epoch = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=10 * 365 * 86400)]
+Payload = Annotated[bytes, msgspec.Meta(max_length=64 * 1024 * 1024)]
+Text = Annotated[str, msgspec.Meta(max_length=16 * 1024 * 1024)]
+Target = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$", max_length=256)]
+Priority = Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)]
+Retries = Annotated[int, msgspec.Meta(ge=0, le=100)]
+
+JobKind = Literal["pickle", "script", "call"]
+JobState = Literal["queued", "leased", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+MAX_BATCH = 10_000
+
+
+class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What a client submits. `payload` is cloudpickle bytes of (fn, args, kwargs) for kind pickle."""
+
+    id: JobId
+    kind: JobKind
+    payload: Payload | None = None
+    source: Text | None = None
+    argv: Annotated[list[Annotated[str, msgspec.Meta(max_length=65536)]], msgspec.Meta(max_length=4096)] = []
+    target: Target | None = None
+    args: Annotated[list[Any], msgspec.Meta(max_length=100_000)] = []
+    kwargs: dict[str, Any] = {}
+    name: Annotated[str, msgspec.Meta(max_length=256)] = ""
+    priority: Priority = 0
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
+    max_retries: Retries = 0
+    retry_on: Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=64)] = []
+    run_at: Seconds | None = None
+    after: Annotated[list[JobId], msgspec.Meta(max_length=1000)] = []
+    result_ttl: Seconds | None = None
+
+
+class JobRecord(msgspec.Struct, omit_defaults=True):
+    """A job as a server stores and replicates it."""
+
+    spec: JobSpec
+    owner: NodeId
+    state: JobState = "queued"
+    attempts: Count = 0
+    crashes: Count = 0
+    submitted_at: float = 0.0
+    not_before: float = 0.0
+    cancel_requested: bool = False
+
+
+class Result(msgspec.Struct, omit_defaults=True):
+    """The outcome of one job, recorded once by its owner."""
+
+    job_id: JobId
+    state: Literal["succeeded", "failed", "cancelled"]
+    value: Payload | None = None
+    value_format: Literal["pickle", "json", "none"] = "none"
+    error: Text | None = None
+    error_type: Annotated[str, msgspec.Meta(max_length=256)] | None = None
+    traceback: Text | None = None
+    stdout: Text = ""
+    stderr: Text = ""
+    exit_code: int | None = None
+    node: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    attempts: Count = 0
+    submitted_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    retry: bool = False
+
+
+# ---- client API -------------------------------------------------------------------------------
+
+class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class SubmitResponse(msgspec.Struct):
+    accepted: list[str]
+    existing: list[str]
+    node: str
+
+
+class WaitRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+    timeout: Annotated[float, msgspec.Meta(ge=0, le=60)] = 10.0
+
+
+class WaitResponse(msgspec.Struct):
+    results: list[Result]
+    unknown: list[str]
+
+
+class JobStatus(msgspec.Struct):
+    id: str
+    state: str
+    owner: str
+    attempts: int
+    kind: str
+    name: str = ""
+    priority: int = 0
+    submitted_at: float = 0.0
+
+
+class CancelRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class ServerEntry(msgspec.Struct):
+    """One line of the seed's server list."""
+
+    id: NodeId
+    location: Position
+    ip: Host
+    port: Port
+    active: Count = 0
+    backup: Count = 0
+    timestamp: float = 0.0
+    status: Literal["alive", "suspect", "dead"] = "alive"
+
+
+class ServerList(msgspec.Struct):
+    epoch: Epoch
+    me: str
+    servers: list[ServerEntry]
+
+
+# ---- peer protocol ----------------------------------------------------------------------------
+
+class Member(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: NodeId
+    location: Position
+    ip: Host
+    port: Port
+
+
+class RingState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The agreed ring: members and an epoch that grows on every change (fencing)."""
+
+    epoch: Epoch
+    members: Annotated[list[Member], msgspec.Meta(max_length=4096)]
+    proposer: Annotated[str, msgspec.Meta(max_length=64)] = ""
+
+    def key(self) -> tuple[int, str]:
+        return (self.epoch, self.proposer)
+
+
+class LockRequest(msgspec.Struct, forbid_unknown_fields=True):
+    holder: NodeId
+    ttl: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+
+
+class LockResponse(msgspec.Struct):
+    granted: bool
+    holder: str | None
+    ring: RingState
+
+
+class JoinAnnounce(msgspec.Struct, forbid_unknown_fields=True):
+    ring: RingState
+
+
+class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):
+    sender: NodeId
+    epoch: Epoch
+    active: Count
+    backup: Count = 0
+    sent_at: float = 0.0
+
+
+class HeartbeatReply(msgspec.Struct):
+    epoch: Epoch
+    active: Count
+    member: bool
+    ring: RingState | None = None
+
+
+class ReplicateRequest(msgspec.Struct, forbid_unknown_fields=True):
+    sender: NodeId
+    epoch: Epoch
+    jobs: Annotated[list[JobRecord], msgspec.Meta(max_length=MAX_BATCH)] = []
+    results: Annotated[list[Result], msgspec.Meta(max_length=MAX_BATCH)] = []
+    drop: Annotated[list[JobId], msgspec.Meta(max_length=MAX_BATCH)] = []
+
+
+class Lease(msgspec.Struct):
+    record: JobRecord
+    lease_until: float
+
+
+class StealRequest(msgspec.Struct, forbid_unknown_fields=True):
+    runner: NodeId
+    epoch: Epoch
+    max_jobs: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1
+
+
+class StealResponse(msgspec.Struct):
+    leases: list[Lease]
+
+
+class ReportRequest(msgspec.Struct, forbid_unknown_fields=True):
+    runner: NodeId
+    results: Annotated[list[Result], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class ReportResponse(msgspec.Struct):
+    recorded: list[str]
+    duplicates: list[str]
+    unknown: list[str]
+
+
+class RenewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    runner: NodeId
+    ids: Annotated[list[JobId], msgspec.Meta(max_length=MAX_BATCH)]
+
+
+class HandoffRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Jobs (and results) of a dead owner, sent to the node that now covers it."""
+
+    sender: NodeId
+    epoch: Epoch
+    dead: NodeId
+    jobs: Annotated[list[JobRecord], msgspec.Meta(max_length=MAX_BATCH)] = []
+    results: Annotated[list[Result], msgspec.Meta(max_length=MAX_BATCH)] = []
+
+
+class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[JobId], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
+class LookupResponse(msgspec.Struct):
+    results: list[Result]
+    jobs: list[JobRecord]
+
+
+class ErrorBody(msgspec.Struct):
+    error: str

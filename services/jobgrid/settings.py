@@ -1,0 +1,114 @@
+"""Node settings: one frozen dataclass, defaults in one place, checked once on entry."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+from .errors import ConfigError
+
+
+def default_data_dir(port: int) -> Path:
+    return Path(platformdirs.user_data_dir("jobgrid")) / f"node-{port}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timing:
+    """Durations in seconds."""
+
+    heartbeat_interval: float = 0.5
+    failure_timeout: float = 2.0
+    lease_ttl: float = 3.0
+    lock_ttl: float = 5.0
+    job_timeout: float = 300.0
+    join_timeout: float = 60.0
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, (int, float)) or v <= 0:
+                raise ConfigError(f"{f.name} must be a positive number of seconds, got {v!r}")
+        if self.failure_timeout < 2 * self.heartbeat_interval:
+            raise ConfigError("failure_timeout must be at least twice heartbeat_interval "
+                              f"({self.failure_timeout} < 2 x {self.heartbeat_interval})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TLS:
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSettings:
+    port: int
+    host: str = "127.0.0.1"
+    advertise: str | None = None
+    join: tuple[str, int] | None = None
+    runners: int = field(default_factory=lambda: os.cpu_count() or 1)
+    data_dir: Path | None = None
+    replicas: int = 3
+    token: str | None = field(default=None, repr=False)
+    insecure: bool = False
+    tls: TLS = field(default_factory=TLS)
+    timing: Timing = field(default_factory=Timing)
+    max_queued: int = 1_000_000
+    max_body: int = 64 * 1024 * 1024
+    max_conns_per_client: int = 64
+    max_crashes: int = 3
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not (0 < self.port < 65536):
+            raise ConfigError(f"port must be 1-65535, got {self.port}")
+        if self.runners < 0 or self.runners > 512:
+            raise ConfigError(f"--runners must be 0-512, got {self.runners}")
+        if not (1 <= self.replicas <= 16):
+            raise ConfigError(f"--replicas must be 1-16, got {self.replicas}")
+        if self.join is not None and not (0 < self.join[1] < 65536):
+            raise ConfigError(f"join port must be 1-65535, got {self.join[1]}")
+        if self.max_queued < 1:
+            raise ConfigError("max_queued must be at least 1")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("the cluster token must be at least 16 characters")
+        if bool(self.tls.cert) != bool(self.tls.key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        self.timing.check()
+        if self.data_dir is None:
+            object.__setattr__(self, "data_dir", default_data_dir(self.port))
+        if not self.token and not self.insecure and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to listen on {self.host} without a cluster token: anyone who reaches "
+                "this address could run code here. Give --token-file/JOBGRID_TOKEN, or --insecure "
+                "if you really mean it.")
+
+    @property
+    def advertised_host(self) -> str:
+        if self.advertise:
+            return self.advertise
+        if self.host in ("0.0.0.0", "::", ""):
+            return "127.0.0.1"
+        return self.host
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls.enabled else "http"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
