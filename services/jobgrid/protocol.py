@@ -14,7 +14,7 @@ import msgspec
 JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$",
                                     description="1-128 chars: letters, digits, _ . : -")]
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
-Position = Annotated[int, msgspec.Meta(ge=0, lt=1 << 64)]
+Position = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 Epoch = Annotated[int, msgspec.Meta(ge=0)]
@@ -92,6 +92,7 @@ class Result(msgspec.Struct, omit_defaults=True):
 
 class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
     jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+    retry: bool = False  # a resubmission: the node first asks the grid whether the ids exist
 
 
 class SubmitResponse(msgspec.Struct):
@@ -200,6 +201,7 @@ class ReplicateRequest(msgspec.Struct, forbid_unknown_fields=True):
     jobs: Annotated[list[JobRecord], msgspec.Meta(max_length=MAX_BATCH)] = []
     results: Annotated[list[Result], msgspec.Meta(max_length=MAX_BATCH)] = []
     drop: Annotated[list[JobId], msgspec.Meta(max_length=MAX_BATCH)] = []
+    prune_all: bool = False  # forget every replica of the sender: this node is no longer its successor
 
 
 class Lease(msgspec.Struct):
@@ -250,6 +252,10 @@ class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
 class LookupResponse(msgspec.Struct):
     results: list[Result]
     jobs: list[JobRecord]
+
+
+class UnlockRequest(msgspec.Struct, forbid_unknown_fields=True):
+    holder: NodeId
 
 
 class ErrorBody(msgspec.Struct):

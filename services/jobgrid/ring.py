@@ -1,4 +1,4 @@
-"""Pure hash-ring placement: positions on a 64-bit ring, gaps, successors.
+"""Pure hash-ring placement: positions on a 2**63 ring, gaps, successors.
 
 The first server sits at 0; each newcomer takes the middle of the largest gap
 (seed design). Nothing here does IO.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-RING_SIZE = 1 << 64
+RING_SIZE = 1 << 63  # positions fit a signed 64-bit integer (SQLite, msgpack)
 
 
 def gap_after(position: int, following: int) -> int:

@@ -1,0 +1,315 @@
+"""`jobgrid` command line: run a node, submit jobs, read results, look at the grid.
+
+Domain errors become one clear red line and a non-zero exit (httpx's CLI habit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ConfigError, JobgridError
+
+err = Console(stderr=True)
+out = Console()
+
+ENV_INT = {"port": "JOBGRID_PORT", "replicas": "JOBGRID_REPLICAS", "runners": "JOBGRID_RUNNERS"}
+
+
+def _env_join() -> tuple[str, int] | None:
+    raw = os.environ.get("JOBGRID_JOIN")
+    if not raw:
+        return None
+    host, _, port = raw.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"JOBGRID_JOIN must be HOST:PORT, got {raw!r}")
+    return host, int(port)
+
+
+def _read_token(args: argparse.Namespace) -> str | None:
+    if getattr(args, "token_file", None):
+        try:
+            return Path(args.token_file).read_text().strip() or None
+        except OSError as e:
+            raise ConfigError(f"cannot read --token-file {args.token_file}: {e.strerror}") from None
+    from .client import token_from_env
+    return token_from_env(None)
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+
+
+def _int_env(name: str) -> int | None:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from .logs import configure
+    from .node.app import serve
+    from .settings import TLS, NodeSettings, Timing
+
+    pos = args.args
+    if len(pos) not in (0, 1, 3):
+        raise ConfigError("usage: jobgrid server PORT [HOST PORT]  (or JOBGRID_PORT / JOBGRID_JOIN)")
+    for p in pos[0:1] + pos[2:3]:
+        if not p.isdigit():
+            raise ConfigError(f"port must be a number, got {p!r}")
+    port = int(pos[0]) if pos else _int_env("JOBGRID_PORT")
+    if port is None:
+        raise ConfigError("give the port: jobgrid server PORT (or set JOBGRID_PORT)")
+    join = (pos[1], int(pos[2])) if len(pos) == 3 else _env_join()
+    level = args.log_level or os.environ.get("JOBGRID_LOG_LEVEL", "info")
+    configure(level)
+    timing = Timing(heartbeat_interval=args.heartbeat_interval or _float_env("JOBGRID_HEARTBEAT_INTERVAL", 0.5),
+                    failure_timeout=args.failure_timeout or _float_env("JOBGRID_FAILURE_TIMEOUT", 2.0),
+                    lease_ttl=args.lease_ttl or _float_env("JOBGRID_LEASE_TTL", 3.0),
+                    job_timeout=args.job_timeout or _float_env("JOBGRID_JOB_TIMEOUT", 300.0))
+    runners = args.runners if args.runners is not None else _int_env("JOBGRID_RUNNERS")
+    settings = NodeSettings(
+        port=port, host=args.host or os.environ.get("JOBGRID_HOST", "127.0.0.1"),
+        advertise=args.advertise or os.environ.get("JOBGRID_ADVERTISE") or None, join=join,
+        runners=runners if runners is not None else (os.cpu_count() or 1),
+        data_dir=_path(args.data_dir or os.environ.get("JOBGRID_DATA_DIR")),
+        replicas=args.replicas or _int_env("JOBGRID_REPLICAS") or 3, token=_read_token(args),
+        insecure=args.insecure,
+        tls=TLS(cert=_path(args.tls_cert), key=_path(args.tls_key), ca=_path(args.tls_ca)),
+        timing=timing, max_queued=args.max_queued, log_level=level)
+    if settings.insecure and not settings.token:
+        err.print("[bold red]WARNING: --insecure: this node accepts jobs from anyone who can reach "
+                  f"{settings.host}:{settings.port}, and jobs run arbitrary code.[/]")
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _path(p: str | None) -> Path | None:
+    return Path(p) if p else None
+
+
+def _client(args: argparse.Namespace):
+    from .client import Client
+    addrs = args.address or [f"http://{args.host}:{args.port}"]
+    return Client(addrs, token=_read_token(args), timeout=args.timeout)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        fut = c.submit_script(Path(args.script), args.argv, timeout=args.job_timeout, priority=args.priority)
+        out.print(fut.job_id)
+        if not args.wait:
+            return 0
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        with Progress(SpinnerColumn(), TextColumn("waiting for {task.description}"), TimeElapsedColumn(),
+                      console=err, transient=True) as prog:
+            prog.add_task(fut.job_id)
+            res = c.wait_result(fut.job_id, timeout=args.wait_timeout)
+        _print_result(res)
+        return 0 if res.state == "succeeded" else 1
+
+
+def _print_result(res) -> None:
+    colour = "green" if res.state == "succeeded" else "red"
+    out.print(f"[{colour}]{res.job_id}: {res.state}[/] (node {res.node}, attempts {res.attempts}"
+              + (f", exit code {res.exit_code}" if res.exit_code is not None else "") + ")")
+    if res.stdout:
+        out.print("[bold]stdout:[/]")
+        out.out(res.stdout, end="" if res.stdout.endswith("\n") else "\n")
+    if res.stderr:
+        out.print("[bold]stderr:[/]")
+        out.out(res.stderr, end="" if res.stderr.endswith("\n") else "\n")
+    if res.value_format == "json" and res.value is not None:
+        out.print(f"value: {res.value.decode()}")
+    if res.error:
+        out.print(f"[red]error: {res.error}[/]")
+    if res.traceback and res.state == "failed":
+        out.out(res.traceback)
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        res = c.wait_result(args.id, timeout=args.wait_timeout if args.wait else 0.0)
+        _print_result(res)
+        return 0 if res.state == "succeeded" else 1
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        sl = c.servers()
+    t = Table(title=f"ring epoch {sl.epoch} (answered by {sl.me})")
+    for col in ("id", "location", "address", "active", "backup", "age", "status"):
+        t.add_column(col)
+    now = time.time()
+    for s in sl.servers:
+        t.add_row(s.id, f"{s.location:#018x}", f"{s.ip}:{s.port}", str(s.active), str(s.backup),
+                  f"{max(0.0, now - s.timestamp):.1f}s" if s.timestamp else "-", s.status)
+    out.print(t)
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        rows = c.jobs(args.state, args.limit)
+    t = Table(title="jobs queued here")
+    for col in ("id", "state", "kind", "name", "owner", "attempts", "priority"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["id"], r["state"], r["kind"], r.get("name", ""), r["owner"], str(r["attempts"]),
+                  str(r.get("priority", 0)))
+    out.print(t)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        done = c.cancel(*args.ids)
+    for i in args.ids:
+        out.print(f"{i}: {'cancelled' if i in done else 'not cancelled (running, finished or unknown)'}")
+    return 0 if len(done) == len(args.ids) else 1
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """The seed's interactive client: type a script path with arguments, or a Python expression."""
+    with _client(args) as c:
+        out.print(f"jobgrid client for {args.host}:{args.port}. Type 'path/to/script.py ARGS' or a Python "
+                  "expression; 'quit' to leave.")
+        while True:
+            try:
+                line = input("jobgrid> ").strip()
+            except EOFError:
+                break
+            if not line:
+                continue
+            if line in ("quit", "exit"):
+                break
+            try:
+                parts = shlex.split(line)
+                if parts[0].endswith(".py"):
+                    fut = c.submit_script(Path(parts[0]), parts[1:])
+                else:
+                    compile(line, "<expr>", "eval")
+                    fut = c.submit_script(f"print(repr({line}))", [], name="expression")
+                out.print(f"submitted {fut.job_id}")
+                res = c.wait_result(fut.job_id, timeout=args.timeout)
+                _print_result(res)
+            except SyntaxError as e:
+                err.print(f"[red]not a script path or a Python expression: {e.msg}[/]")
+            except JobgridError as e:
+                err.print(f"[red]error: {e}[/]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jobgrid", description="A grid of Python job servers and runners.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("server", help="start a node: jobgrid server PORT [HOST PORT]")
+    s.add_argument("args", nargs="*", metavar="PORT [HOST PORT]")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--advertise", help="address other nodes use to reach this one")
+    s.add_argument("--runners", type=int, help="worker processes (default: number of CPUs)")
+    s.add_argument("--data-dir", help="where the node keeps its queues")
+    s.add_argument("--replicas", type=int, help="copies of each job (default 3)")
+    s.add_argument("--token-file", help="file holding the cluster token (or JOBGRID_TOKEN)")
+    s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a token")
+    s.add_argument("--tls-cert")
+    s.add_argument("--tls-key")
+    s.add_argument("--tls-ca")
+    s.add_argument("--heartbeat-interval", type=float)
+    s.add_argument("--failure-timeout", type=float)
+    s.add_argument("--lease-ttl", type=float)
+    s.add_argument("--job-timeout", type=float, help="default per-job timeout in seconds (300)")
+    s.add_argument("--max-queued", type=int, default=1_000_000)
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(fn=cmd_server)
+
+    def client_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--host", default="127.0.0.1")
+        sp.add_argument("--port", type=int, default=int(os.environ.get("JOBGRID_PORT", "8000")))
+        sp.add_argument("--address", action="append", help="node URL (repeatable, for failover)")
+        sp.add_argument("--token-file")
+        sp.add_argument("--timeout", type=float, default=30.0)
+
+    c = sub.add_parser("client", help="interactive client: jobgrid client PORT")
+    c.add_argument("port", type=int)
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--address", action="append")
+    c.add_argument("--token-file")
+    c.add_argument("--timeout", type=float, default=300.0)
+    c.set_defaults(fn=cmd_client)
+
+    sm = sub.add_parser("submit", help="submit a Python script: jobgrid submit SCRIPT [ARGS...]")
+    sm.add_argument("script")
+    sm.add_argument("argv", nargs=argparse.REMAINDER)
+    sm.add_argument("--wait", action="store_true", help="wait for the result and print it")
+    sm.add_argument("--wait-timeout", type=float, default=None)
+    sm.add_argument("--job-timeout", type=float)
+    sm.add_argument("--priority", type=int, default=0)
+    client_opts(sm)
+    sm.set_defaults(fn=cmd_submit)
+
+    r = sub.add_parser("result", help="print a job's result, stdout and stderr")
+    r.add_argument("id")
+    r.add_argument("--wait", action="store_true")
+    r.add_argument("--wait-timeout", type=float, default=None)
+    client_opts(r)
+    r.set_defaults(fn=cmd_result)
+
+    for name, fn, helptext in (("servers", cmd_servers, "the server list"),
+                               ("status", cmd_servers, "the ring and its queues")):
+        sp = sub.add_parser(name, help=helptext)
+        client_opts(sp)
+        sp.set_defaults(fn=fn)
+
+    j = sub.add_parser("jobs", help="jobs queued on a node")
+    j.add_argument("--state", choices=["queued", "leased"])
+    j.add_argument("--limit", type=int, default=100)
+    client_opts(j)
+    j.set_defaults(fn=cmd_jobs)
+
+    k = sub.add_parser("cancel", help="cancel queued jobs")
+    k.add_argument("ids", nargs="+")
+    client_opts(k)
+    k.set_defaults(fn=cmd_cancel)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.cmd == "client" and not args.address:
+        args.address = [f"http://{args.host}:{args.port}"]
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        return 130
+    except JobgridError as e:
+        err.print(f"[bold red]jobgrid: {e}[/]")
+        return 2 if isinstance(e, ConfigError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""The Python client: submit jobs, get futures, read results; async (`AsyncClient`) and blocking (`Client`).
+
+Submissions made close together travel in one request (group commit), results come back by
+long-poll in batches, and a node that disappears is replaced by another the client knows of.
+Submitting is idempotent by job id, so a retried submission never creates a second job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import ssl as ssl_mod
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import cloudpickle
+import msgspec
+
+from .codec import MSGPACK, decode, encode
+from .errors import (
+    ConfigError, GridUnavailable, JobCancelled, JobFailed, JobNotFound, JobTimeout, ProtocolError, RemoteError,
+)
+from .node.batching import GroupCommit
+from .protocol import (
+    CancelRequest, JobSpec, Result, ServerList, SubmitRequest, SubmitResponse, WaitRequest, WaitResponse,
+)
+
+_WAIT_WINDOW = 2000
+
+
+@dataclass(frozen=True)
+class ScriptOutput:
+    """What a script job left behind."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _normalise(address: str) -> str:
+    if "://" not in address:
+        address = "http://" + address
+    return address.rstrip("/")
+
+
+def token_from_env(token: str | None) -> str | None:
+    if token:
+        return token
+    if os.environ.get("JOBGRID_TOKEN"):
+        return os.environ["JOBGRID_TOKEN"]
+    path = os.environ.get("JOBGRID_TOKEN_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return None
+
+
+def decode_value(res: Result) -> Any:
+    """The job's return value, or raise what it raised (only ever on the client side)."""
+    if res.state == "cancelled":
+        raise JobCancelled(f"job {res.job_id} was cancelled")
+    if res.state == "failed":
+        if res.value_format == "pickle" and res.value:
+            try:
+                exc = cloudpickle.loads(res.value)
+            except Exception:  # noqa: BLE001 - the exception's class is not importable here
+                exc = None
+            if isinstance(exc, BaseException):
+                if res.traceback:
+                    exc.add_note(f"remote traceback (job {res.job_id} on node {res.node}):\n{res.traceback}")
+                raise exc
+            raise RemoteError(res.error or "job failed", res.traceback, res.job_id)
+        raise JobFailed(res.error or f"job {res.job_id} failed (exit code {res.exit_code})", res.traceback,
+                        res.job_id)
+    if res.value_format == "pickle":
+        return cloudpickle.loads(res.value) if res.value is not None else None
+    if res.value_format == "json":
+        return msgspec.json.decode(res.value) if res.value is not None else None
+    return ScriptOutput(res.exit_code or 0, res.stdout, res.stderr)
+
+
+def build_spec(kind: str, *, job_id: str | None = None, **opts: Any) -> JobSpec:
+    delay = opts.pop("delay", None)
+    if delay is not None:
+        if delay < 0:
+            raise ConfigError("delay must be >= 0 seconds")
+        opts["run_at"] = time.time() + delay
+    if "retry_on" in opts:
+        opts["retry_on"] = [t if isinstance(t, str) else t.__name__ for t in opts["retry_on"]]
+    opts = {k: v for k, v in opts.items() if v is not None}
+    try:
+        spec = JobSpec(id=job_id or new_job_id(), kind=kind, **opts)  # type: ignore[arg-type]
+        return msgspec.convert(msgspec.to_builtins(spec), JobSpec)  # validate like a server would
+    except (msgspec.ValidationError, TypeError) as e:
+        raise ConfigError(f"invalid job: {e}") from None
+
+
+class AsyncClient:
+    """`AsyncClient("http://127.0.0.1:8000")` or a list of addresses for failover."""
+
+    def __init__(self, address: str | Sequence[str] = "http://127.0.0.1:8000", *, token: str | None = None,
+                 ssl: ssl_mod.SSLContext | None = None, timeout: float = 30.0) -> None:
+        addrs = [address] if isinstance(address, str) else list(address)
+        if not addrs:
+            raise ConfigError("give at least one node address")
+        self.addresses = [_normalise(a) for a in addrs]
+        self.token = token_from_env(token)
+        self.ssl = ssl
+        self.timeout = timeout
+        self._current = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._futures: dict[str, list[asyncio.Future]] = {}
+        self._waiter: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._submits: GroupCommit[JobSpec, SubmitResponse] = GroupCommit(self._flush_submits, max_items=5000)
+        self._closed = False
+        self._learned = False
+
+    # ---- transport ---------------------------------------------------------------------------------
+    def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": MSGPACK}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            self._session = aiohttp.ClientSession(headers=headers,
+                                                  connector=aiohttp.TCPConnector(limit=64, ssl=self.ssl or None))
+        return self._session
+
+    async def _call(self, method: str, path: str, body: Any, reply: type, *, timeout: float | None = None,
+                    retry_other_nodes: bool = True) -> Any:
+        """One request; on a connection failure or 503, try the other nodes it knows."""
+        last: Exception | None = None
+        tries = len(self.addresses) if retry_other_nodes else 1
+        for _ in range(max(1, tries)):
+            base = self.addresses[self._current % len(self.addresses)]
+            try:
+                data = encode(body, MSGPACK) if body is not None else None
+                async with self._sess().request(
+                        method, base + path, data=data, headers={"Content-Type": MSGPACK} if data else None,
+                        timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
+                    raw = await r.read()
+                    if r.status == 401:
+                        raise ProtocolError("the node refused the cluster token (401): set JOBGRID_TOKEN or "
+                                            "pass token=", 401)
+                    if r.status in (502, 503, 504):
+                        last = GridUnavailable(f"{base}: {_err(raw)}")
+                        self._rotate()
+                        continue
+                    if r.status == 404:
+                        raise JobNotFound(_err(raw))
+                    if r.status >= 400:
+                        raise ProtocolError(f"{base}{path}: {_err(raw)}", r.status)
+                    return decode(raw, reply, r.content_type if r.content_type == MSGPACK else "application/json")
+            except (aiohttp.ClientConnectionError, OSError, TimeoutError) as e:
+                last = GridUnavailable(f"{base}: {type(e).__name__}: {e}")
+                self._rotate()
+                if not self._learned:
+                    await self._learn_servers()
+        raise last or GridUnavailable("no node answered")
+
+    def _rotate(self) -> None:
+        self._current = (self._current + 1) % len(self.addresses)
+
+    async def _learn_servers(self) -> None:
+        """Add every server of the grid to the addresses, so a dead node is not the end."""
+        self._learned = True
+        for base in list(self.addresses):
+            try:
+                async with self._sess().get(base + "/servers", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status != 200:
+                        continue
+                    sl = decode(await r.read(), ServerList, r.content_type if r.content_type == MSGPACK else
+                                "application/json")
+                scheme = base.split("://")[0]
+                for s in sl.servers:
+                    a = f"{scheme}://{s.ip}:{s.port}"
+                    if a not in self.addresses:
+                        self.addresses.append(a)
+                return
+            except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError):
+                continue
+
+    # ---- submitting ------------------------------------------------------------------------------------
+    async def submit_spec(self, spec: JobSpec) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        fut.job_id = spec.id  # type: ignore[attr-defined]
+        await self._submits.submit([spec])
+        self._futures.setdefault(spec.id, []).append(fut)  # only acknowledged ids are waited for
+        self._ensure_waiter()
+        return fut
+
+    async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[SubmitResponse]:
+        specs = [s for g in groups for s in g]
+        retry = False
+        end = time.monotonic() + self.timeout
+        while True:
+            try:
+                resp: SubmitResponse = await self._call("POST", "/jobs", SubmitRequest(jobs=specs, retry=retry),
+                                                        SubmitResponse)
+                return [resp] * len(groups)
+            except GridUnavailable:
+                if time.monotonic() > end:
+                    raise
+                retry = True  # the outcome is unknown: resubmit idempotently, the grid dedupes by id
+                await asyncio.sleep(0.1)
+
+    async def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:
+        return await self.submit_spec(pickle_spec(fn, args, kwargs))
+
+    async def submit_job(self, fn: Callable, args: Sequence = (), kwargs: dict | None = None, **opts: Any
+                         ) -> asyncio.Future:
+        return await self.submit_spec(pickle_spec(fn, args, kwargs or {}, **opts))
+
+    async def submit_script(self, path_or_source: str | os.PathLike, argv: Sequence[str] = (), **opts: Any
+                            ) -> asyncio.Future:
+        return await self.submit_spec(script_spec(path_or_source, argv, **opts))
+
+    async def submit_call(self, target: str, *args: Any, _opts: dict | None = None, **kwargs: Any) -> asyncio.Future:
+        return await self.submit_spec(build_spec("call", target=target, args=list(args), kwargs=kwargs,
+                                                 **(_opts or {})))
+
+    async def map(self, fn: Callable, *iterables: Iterable, **opts: Any) -> list[Any]:
+        specs = [pickle_spec(fn, args, {}, **opts) for args in zip(*iterables)]
+        futs = await self.submit_many(specs)
+        return [await f for f in futs]
+
+    async def submit_many(self, specs: Sequence[JobSpec]) -> list[asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        futs = []
+        for i in range(0, len(specs), 5000):
+            chunk = list(specs[i:i + 5000])
+            await self._submits.submit(chunk)
+            for s in chunk:
+                f = loop.create_future()
+                f.job_id = s.id  # type: ignore[attr-defined]
+                self._futures.setdefault(s.id, []).append(f)
+                futs.append(f)
+            self._ensure_waiter()
+        return futs
+
+    # ---- results -----------------------------------------------------------------------------------------
+    def _ensure_waiter(self) -> None:
+        self._wake.set()
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.ensure_future(self._wait_loop())
+
+    async def _wait_loop(self) -> None:
+        offset = 0
+        while self._futures and not self._closed:
+            self._futures = {k: v for k, v in self._futures.items() if any(not f.done() for f in v)}
+            ids = list(self._futures)
+            if not ids:
+                break
+            if len(ids) > _WAIT_WINDOW:
+                offset = offset % len(ids)
+                ids = (ids[offset:] + ids[:offset])[:_WAIT_WINDOW]
+                offset += _WAIT_WINDOW
+            try:
+                resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=ids, timeout=5.0),
+                                                      WaitResponse, timeout=self.timeout + 5)
+            except (GridUnavailable, ProtocolError) as e:
+                for v in self._futures.values():
+                    for f in v:
+                        if not f.done() and getattr(f, "_give_up", 0) and time.monotonic() > f._give_up:
+                            f.set_exception(e)
+                await asyncio.sleep(0.2)
+                continue
+            for res in resp.results:
+                self._resolve(res)
+            for jid in resp.unknown:
+                for f in self._futures.pop(jid, []):
+                    if not f.done():
+                        f.set_exception(JobNotFound(f"no server knows job {jid}"))
+
+    def _resolve(self, res: Result) -> None:
+        for f in self._futures.pop(res.job_id, []):
+            if f.done():
+                continue
+            try:
+                f.set_result(decode_value(res))
+            except BaseException as e:  # noqa: BLE001 - the job's own exception travels to the caller
+                f.set_exception(e)
+
+    async def result(self, job_id: str, timeout: float | None = None) -> Any:
+        return decode_value(await self.wait_result(job_id, timeout))
+
+    async def wait_result(self, job_id: str, timeout: float | None = None) -> Result:
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 10.0 if end is None else max(0.0, min(10.0, end - time.monotonic()))
+            resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=[job_id], timeout=left),
+                                                  WaitResponse, timeout=left + self.timeout)
+            if resp.results:
+                return resp.results[0]
+            if resp.unknown:
+                raise JobNotFound(f"no server knows job {job_id}")
+            if end is not None and time.monotonic() >= end:
+                raise JobTimeout(f"job {job_id} has no result after {timeout} s")
+
+    async def status(self, job_id: str) -> dict:
+        return await self._call("GET", f"/jobs/{job_id}", None, dict)
+
+    async def servers(self) -> ServerList:
+        return await self._call("GET", "/servers", None, ServerList)
+
+    async def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]:
+        q = f"?limit={limit}" + (f"&state={state}" if state else "")
+        return await self._call("GET", f"/jobs{q}", None, list)
+
+    async def cancel(self, *job_ids: str) -> list[str]:
+        out = await self._call("POST", "/jobs/cancel", CancelRequest(ids=list(job_ids)), dict)
+        return out["cancelled"]
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._waiter is not None:
+            self._waiter.cancel()
+            await asyncio.gather(self._waiter, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def pickle_spec(fn: Callable, args: Sequence, kwargs: dict, **opts: Any) -> JobSpec:
+    if not callable(fn):
+        raise ConfigError(f"submit() needs a callable, got {type(fn).__name__}")
+    name = opts.pop("name", None) or getattr(fn, "__qualname__", getattr(fn, "__name__", "job"))[:256]
+    return build_spec("pickle", payload=cloudpickle.dumps((fn, tuple(args), dict(kwargs))), name=name, **opts)
+
+
+def script_spec(path_or_source: str | os.PathLike, argv: Sequence[str] = (), **opts: Any) -> JobSpec:
+    p = Path(path_or_source)
+    source: str
+    name = opts.pop("name", None)
+    if isinstance(path_or_source, os.PathLike) or ("\n" not in str(path_or_source) and p.suffix == ".py"):
+        try:
+            source = p.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read script {p}: {e.strerror}") from None
+        name = name or p.name
+    else:
+        source = str(path_or_source)
+    return build_spec("script", source=source, argv=[str(a) for a in argv], name=name or "script", **opts)
+
+
+def _err(raw: bytes) -> str:
+    try:
+        return str(msgspec.json.decode(raw).get("error", raw[:200]))
+    except Exception:  # noqa: BLE001
+        try:
+            return str(msgspec.msgpack.decode(raw))[:300]
+        except Exception:  # noqa: BLE001
+            return raw[:200].decode(errors="replace")
+
+
+class JobFuture(concurrent.futures.Future):
+    """A `concurrent.futures.Future` for one grid job; `cancel()` also cancels it on the grid."""
+
+    def __init__(self, client: Client, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self._client = client
+
+    def cancel(self) -> bool:
+        if self.done():
+            return False
+        try:
+            cancelled = self.job_id in self._client.cancel(self.job_id)
+        except Exception:  # noqa: BLE001 - the grid is unreachable: cannot promise a cancel
+            return False
+        if not cancelled:
+            return False
+        return super().cancel()
+
+
+class Client:
+    """Blocking client; runs an `AsyncClient` on a private event-loop thread."""
+
+    def __init__(self, address: str | Sequence[str] = "http://127.0.0.1:8000", *, token: str | None = None,
+                 ssl: ssl_mod.SSLContext | None = None, timeout: float = 30.0) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="jobgrid-client", daemon=True)
+        self._thread.start()
+        self._aio: AsyncClient = self._run(self._make(address, token, ssl, timeout))
+        self._closed = False
+
+    async def _make(self, address, token, ssl, timeout) -> AsyncClient:
+        return AsyncClient(address, token=token, ssl=ssl, timeout=timeout)
+
+    def _run(self, coro, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _link(self, afut: asyncio.Future) -> JobFuture:
+        cf = JobFuture(self, afut.job_id)  # type: ignore[attr-defined]
+
+        def done(f: asyncio.Future) -> None:
+            if cf.done():
+                return
+            if f.cancelled():
+                cf.set_exception(JobCancelled(f"job {cf.job_id} was cancelled"))
+            elif f.exception() is not None:
+                cf.set_exception(f.exception())
+            else:
+                cf.set_result(f.result())
+
+        self._loop.call_soon_threadsafe(afut.add_done_callback, done)
+        return cf
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> JobFuture:
+        return self._link(self._run(self._aio.submit(fn, *args, **kwargs)))
+
+    def submit_job(self, fn: Callable, args: Sequence = (), kwargs: dict | None = None, **opts: Any) -> JobFuture:
+        return self._link(self._run(self._aio.submit_job(fn, args, kwargs, **opts)))
+
+    def submit_script(self, path_or_source: str | os.PathLike, argv: Sequence[str] = (), **opts: Any) -> JobFuture:
+        return self._link(self._run(self._aio.submit_script(path_or_source, argv, **opts)))
+
+    def submit_call(self, target: str, *args: Any, _opts: dict | None = None, **kwargs: Any) -> JobFuture:
+        return self._link(self._run(self._aio.submit_call(target, *args, _opts=_opts, **kwargs)))
+
+    def submit_many(self, specs: Sequence[JobSpec]) -> list[JobFuture]:
+        return [self._link(f) for f in self._run(self._aio.submit_many(specs))]
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, **opts: Any) -> list[Any]:
+        futs = self.submit_many([pickle_spec(fn, args, {}, **opts) for args in zip(*iterables)])
+        end = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for f in futs:
+            left = None if end is None else max(0.0, end - time.monotonic())
+            try:
+                out.append(f.result(left))
+            except concurrent.futures.TimeoutError:
+                raise JobTimeout(f"map did not finish within {timeout} s") from None
+        return out
+
+    def result(self, job_id: str, timeout: float | None = None) -> Any:
+        return self._run(self._aio.result(job_id, timeout))
+
+    def wait_result(self, job_id: str, timeout: float | None = None) -> Result:
+        return self._run(self._aio.wait_result(job_id, timeout))
+
+    def status(self, job_id: str) -> dict:
+        return self._run(self._aio.status(job_id))
+
+    def servers(self) -> ServerList:
+        return self._run(self._aio.servers())
+
+    def jobs(self, state: str | None = None, limit: int = 100) -> list[dict]:
+        return self._run(self._aio.jobs(state, limit))
+
+    def cancel(self, *job_ids: str) -> list[str]:
+        return self._run(self._aio.cancel(*job_ids))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self._aio.close(), timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
+            self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

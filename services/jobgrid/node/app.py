@@ -1,0 +1,121 @@
+"""Start and stop one node: HTTP server, grid protocol, runners. Shutdown order: stop taking work,
+stop listening, drain, close the pool, close the store (aiohttp web_runner's order)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from ..settings import NodeSettings
+from .grid import Grid
+from .http import make_middlewares, routes
+from .metrics import Metrics
+from .peers import Peers
+from .pool import WorkerPool
+from .runner import Runner
+
+log = structlog.get_logger("jobgrid.node")
+
+
+def server_ssl(settings: NodeSettings) -> ssl.SSLContext | None:
+    if not settings.tls.enabled:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(settings.tls.cert), str(settings.tls.key))
+    return ctx
+
+
+def client_ssl(settings: NodeSettings) -> ssl.SSLContext | None:
+    if not settings.tls.enabled:
+        return None
+    ctx = ssl.create_default_context(cafile=str(settings.tls.ca) if settings.tls.ca else None)
+    return ctx
+
+
+class Node:
+    """A server plus its runners, as one asyncio application."""
+
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.peers = Peers(token=settings.token, scheme=settings.scheme, ssl_context=client_ssl(settings),
+                           timeout=max(5.0, settings.timing.failure_timeout),
+                           local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None)
+        self.grid = Grid(settings, self.peers, self.metrics)
+        self.pool: WorkerPool | None = None
+        self.runner: Runner | None = None
+        self.extra: dict = {}
+        self.web_runner: web.AppRunner | None = None
+
+    def make_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body,
+                              middlewares=make_middlewares(self.settings.token))
+        app["grid"] = self.grid
+        app.add_routes(routes(self.grid, self.extra))
+        from ..dashboard import add_dashboard  # noqa: PLC0415 - optional part, kept out of the core
+        add_dashboard(app, self.grid, self.extra)
+        return app
+
+    async def start(self) -> None:
+        s = self.settings
+        assert s.data_dir is not None
+        if s.runners > 0:
+            self.pool = WorkerPool(s.runners, work_root=Path(s.data_dir) / "work", node_id=self.grid.id)
+            await self.pool.start()
+            self.runner = Runner(self.grid, self.pool, s.runners)
+            self.extra["runner"] = self.runner
+        self.web_runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
+        await self.web_runner.setup()
+        site = web.TCPSite(self.web_runner, s.host, s.port, ssl_context=server_ssl(s), backlog=1024,
+                           reuse_address=True)
+        await site.start()
+        g = self.grid
+        g.spawn(g.resync_loop(), "resync")
+        await g.start_membership()
+        g.spawn(g.heartbeat_loop(), "heartbeat")
+        g.spawn(g.lease_sweeper(), "lease-sweeper")
+        if self.runner is not None:
+            g.spawn(self.runner.loop(), "runner")
+            g.spawn(self.runner.report_loop(), "reporter")
+            g.spawn(self.runner.renew_loop(), "renewer")
+        log.info("node_started", node=g.id, host=s.host, port=s.port, runners=s.runners, replicas=s.replicas,
+                 ring_size=len(g.mem.ring.members), data_dir=str(s.data_dir))
+
+    async def stop(self) -> None:
+        g = self.grid
+        g.stopping = True
+        if self.runner is not None:
+            await self.runner.close()
+        if self.web_runner is not None:
+            await self.web_runner.cleanup()
+        if self.pool is not None:
+            await self.pool.close()
+        await self.peers.close()
+        await g.close()
+        log.info("node_stopped", node=g.id)
+
+
+async def serve(settings: NodeSettings) -> None:
+    """Run a node until SIGINT/SIGTERM."""
+    node = Node(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        start = asyncio.ensure_future(node.start())
+        waiter = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait({start, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if start in done:
+            start.result()
+            await waiter
+        else:
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+    finally:
+        await node.stop()

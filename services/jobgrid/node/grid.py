@@ -1,0 +1,802 @@
+"""The server half of a node: ring membership, queues, replication, promotion, results.
+
+Decisions come from the pure `Membership`; this class performs the IO they imply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Sequence
+
+import msgspec
+import structlog
+
+from .. import ring as ringmath
+from ..errors import GridUnavailable, ProtocolError
+from ..membership import AddLock, Membership, RingChange, join_backoff
+from ..protocol import (
+    HandoffRequest, Heartbeat, HeartbeatReply, JobRecord, JobSpec, JoinAnnounce, Lease, LockRequest,
+    LockResponse, LookupRequest, LookupResponse, Member, RenewRequest, ReplicateRequest, ReportRequest, ReportResponse,
+    Result, RingState, ServerEntry, ServerList, StealRequest, StealResponse, UnlockRequest,
+)
+from ..settings import NodeSettings
+from .batching import GroupCommit
+from .metrics import Metrics
+from .peers import PeerError, Peers
+from .store import Store
+
+_ring_enc = msgspec.msgpack.Encoder()
+_ring_dec = msgspec.msgpack.Decoder(RingState)
+
+
+class Unavailable(ProtocolError):
+    """This node cannot take the request now (no quorum, not a member, stopping, full)."""
+
+    def __init__(self, message: str, status: int = 503, retry_after: float = 1.0) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class Grid:
+    """One server: its store, its view of the ring, and the protocol with its peers."""
+
+    def __init__(self, settings: NodeSettings, peers: Peers, metrics: Metrics | None = None) -> None:
+        self.s = settings
+        self.t = settings.timing
+        self.peers = peers
+        self.metrics = metrics or Metrics()
+        assert settings.data_dir is not None
+        self.store = Store(settings.data_dir / "jobgrid.sqlite3")
+        self.base_id = self._load_or_make_id()
+        self.incarnation = int((self.store.get_meta("incarnation") or b"0").decode())
+        self.id = self._incarnated_id()
+        self.log = structlog.get_logger("jobgrid.node").bind(node=self.id)
+        saved = self.store.get_meta("ring")
+        self.saved_ring = _ring_dec.decode(saved) if saved else None
+        now = time.monotonic()
+        self.mem = Membership(me=self.id, ring=RingState(epoch=0, members=[]), replicas=settings.replicas,
+                              failure_timeout=self.t.failure_timeout,
+                              fence_window=max(self.t.heartbeat_interval * 2, self.t.failure_timeout * 0.6),
+                              started=now)
+        self.add_lock = AddLock()
+        self.departed: dict[str, Member] = {}
+        self.promotions: list[dict] = []
+        self.events: deque[dict] = deque(maxlen=500)
+        self.waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.wake_runner = asyncio.Event()
+        self.submits: GroupCommit[JobSpec, tuple[list[str], list[str]]] = GroupCommit(self._flush_submits)
+        self.reports: GroupCommit[Result, ReportResponse] = GroupCommit(self._flush_reports)
+        self.tasks: set[asyncio.Task] = set()
+        self.stopping = False
+        self.joined = asyncio.Event()
+        self._counts = self.store.counts(self.id)
+        self._counts_at = 0.0
+        self._resync_needed = asyncio.Event()
+        self.duplicates_dropped = 0
+        self.done_times: deque[float] = deque(maxlen=100_000)
+
+    # ---- identity ----------------------------------------------------------------------------------
+    def _load_or_make_id(self) -> str:
+        raw = self.store.get_meta("node_id")
+        if raw:
+            return raw.decode()
+        nid = uuid.uuid4().hex[:10]
+        self.store.set_meta("node_id", nid.encode())
+        return nid
+
+    def _incarnated_id(self) -> str:
+        return self.base_id if self.incarnation == 0 else f"{self.base_id}-{self.incarnation}"
+
+    def _new_incarnation(self) -> None:
+        """Rejoining after removal: a new id, so our old rows count as orphans to reconcile."""
+        self.incarnation += 1
+        self.store.set_meta("incarnation", str(self.incarnation).encode())
+        self.id = self._incarnated_id()
+        self.mem.me = self.id
+        self.log = self.log.bind(node=self.id)
+
+    def me_member(self, location: int) -> Member:
+        return Member(id=self.id, location=location, ip=self.s.advertised_host, port=self.s.port)
+
+    def event(self, kind: str, **kw) -> None:
+        kw.update(kind=kind, at=time.time())
+        self.events.append(kw)
+        self.log.info(kind, **{k: v for k, v in kw.items() if k not in ("kind", "at")})
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self.tasks.add(task)
+        task.add_done_callback(self._reap)
+        return task
+
+    def _reap(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
+
+    # ---- state views -------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        now = time.monotonic()
+        if now - self._counts_at > 0.1:
+            self._counts = self.store.counts(self.id)
+            self._counts_at = now
+            self.metrics.active.set(self._counts["active"])
+            self.metrics.backup.set(self._counts["backup"])
+        return self._counts
+
+    def can_serve(self) -> bool:
+        return not self.stopping and self.mem.is_member and self.mem.has_quorum(time.monotonic())
+
+    def require_serving(self) -> None:
+        if self.stopping:
+            raise Unavailable("node is stopping")
+        if not self.mem.is_member:
+            raise Unavailable("node is not (yet) a member of the ring")
+        if not self.mem.has_quorum(time.monotonic()):
+            raise Unavailable("node cannot reach a majority of the ring (partitioned?); try another node")
+
+    def server_list(self) -> ServerList:
+        now = time.monotonic()
+        wall = time.time()
+        out = []
+        c = self.counts()
+        for m in self.mem.members:
+            if m.id == self.id:
+                out.append(ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port, active=c["queued"],
+                                       backup=c["backup"], timestamp=wall, status="alive"))
+            else:
+                heard = max(self.mem.heard.get(m.id, 0.0), self.mem.contact.get(m.id, 0.0))
+                ts = wall - (now - heard) if heard else 0.0
+                out.append(ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port,
+                                       active=self.mem.active.get(m.id, 0), backup=self.mem.backup.get(m.id, 0),
+                                       timestamp=ts, status=self.mem.status(m.id, now)))  # type: ignore[arg-type]
+        return ServerList(epoch=self.mem.ring.epoch, me=self.id, servers=out)
+
+    # ---- ring changes --------------------------------------------------------------------------------
+    def apply_ring(self, new: RingState) -> RingChange | None:
+        change = self.mem.adopt(new, time.monotonic())
+        if change is None:
+            return None
+        self.store.set_meta("ring", _ring_enc.encode(new))
+        self.metrics.ring_size.set(len(new.members))
+        self.metrics.epoch.set(new.epoch)
+        self.event("ring_changed", epoch=new.epoch, members=len(new.members),
+                   added=[m.id for m in change.added], removed=[m.id for m in change.removed])
+        for m in change.removed:
+            self.departed[m.id] = m
+        if not change.i_am_member:
+            if self.joined.is_set() and not self.stopping:
+                self.event("removed_from_ring", epoch=new.epoch)
+                self.joined.clear()
+                self.spawn(self.rejoin(), "rejoin")
+            return change
+        gone = [m.id for m in change.removed]
+        if gone:
+            back = self.store.expire_leases(self.id, time.time(), holders=gone)
+            if back:
+                self.metrics.lease_expired.inc(len(back))
+        for m in change.promote:
+            n = self.store.adopt(m.id, self.id)
+            self.metrics.promoted.inc(n)
+            self.promotions.append({"dead": m.id, "by": self.id, "jobs": n, "epoch": new.epoch, "at": time.time()})
+            self.event("replicas_promoted", dead=m.id, jobs=n, epoch=new.epoch)
+        for m, p in change.handoff:
+            self.spawn(self._handoff(m, p), f"handoff-{m.id}")
+        if change.successors_changed or change.promote or change.removed:
+            self._resync_needed.set()
+        self.wake_runner.set()
+        return change
+
+    async def broadcast_ring(self, ring: RingState, extra: Sequence[Member] = ()) -> None:
+        targets = {m.id: m for m in [*ring.members, *extra] if m.id != self.id}
+        await asyncio.gather(*(self._send_ring(m, ring) for m in targets.values()))
+
+    async def _send_ring(self, m: Member, ring: RingState) -> None:
+        try:
+            await self.peers.call(m.ip, m.port, "/peer/ring", JoinAnnounce(ring=ring), RingState,
+                                  timeout=self.t.failure_timeout)
+        except (PeerError, ProtocolError):
+            pass
+
+    # ---- start, join, rejoin ------------------------------------------------------------------------
+    async def start_membership(self) -> None:
+        """First node of a new grid, a node joining one, or a node coming back on its data dir."""
+        contacts: list[tuple[str, int]] = []
+        if self.s.join:
+            contacts.append(self.s.join)
+        if self.saved_ring:
+            contacts += [(m.ip, m.port) for m in self.saved_ring.members if m.id != self.id]
+        if not contacts:
+            loc = self.saved_ring.members[0].location if self.saved_ring and self.saved_ring.members else 0
+            epoch = self.saved_ring.epoch + 1 if self.saved_ring else 1
+            self.apply_ring(RingState(epoch=epoch, members=[self.me_member(loc)], proposer=self.id))
+            self.store.requeue_all_leased(self.id)
+            self.joined.set()
+            self.event("grid_started", location=loc)
+            return
+        ring = await self._fetch_ring_any(contacts)
+        if ring is None:
+            if self.s.join is None and self.saved_ring is not None:
+                raise GridUnavailable("none of the servers this node knew answered; start it with "
+                                      "HOST PORT of a live server to rejoin")
+            raise GridUnavailable(f"no server answered at {self.s.join[0]}:{self.s.join[1]}" if self.s.join
+                                  else "no server answered")
+        mine = next((m for m in ring.members if m.id == self.id), None)
+        if mine is not None and mine.ip == self.s.advertised_host and mine.port == self.s.port:
+            self.apply_ring(ring)
+            back = self.store.requeue_all_leased(self.id)
+            self.joined.set()
+            self.event("resumed_membership", location=mine.location, requeued=back)
+            self._resync_needed.set()
+            return
+        if self.saved_ring is not None and any(m.id == self.id for m in self.saved_ring.members):
+            self._new_incarnation()  # we were removed while away: our old rows are orphans now
+        await self.join(contacts)
+
+    async def _fetch_ring_any(self, contacts: Sequence[tuple[str, int]]) -> RingState | None:
+        best: RingState | None = None
+        for host, port in contacts:
+            try:
+                r = await self.peers.call(host, port, "/peer/ring", None, RingState, method="GET", timeout=2.0)
+            except (PeerError, ProtocolError):
+                continue
+            if best is None or r.key() > best.key():
+                best = r
+            if self.s.join and (host, port) == self.s.join:
+                break
+        return best
+
+    async def join(self, contacts: Sequence[tuple[str, int]]) -> None:
+        """The seed's join: every server's add_lock, middle of the largest gap, announce, release."""
+        deadline = time.monotonic() + self.t.join_timeout
+        attempt = 0
+        while not self.stopping:
+            if time.monotonic() > deadline:
+                raise GridUnavailable(f"could not join the grid within {self.t.join_timeout:.0f} s")
+            ring = await self._fetch_ring_any(contacts)
+            if ring is None or not ring.members:
+                await asyncio.sleep(join_backoff(attempt, random.random()))
+                attempt += 1
+                continue
+            ok, locked, best = await self._lock_all(ring)
+            if ok and best is not None and {m.id for m in best.members} == {m.id for m in locked}:
+                loc = ringmath.largest_gap_midpoint([m.location for m in best.members])
+                me = self.me_member(loc)
+                new = RingState(epoch=best.epoch + 1, members=[*best.members, me], proposer=self.id)
+                self.mem.ring = best
+                self.apply_ring(new)
+                await self.broadcast_ring(new)
+                await self._unlock(locked)
+                self.joined.set()
+                self.event("joined", location=loc, epoch=new.epoch, attempts=attempt + 1)
+                self._resync_needed.set()
+                return
+            await self._unlock(locked)
+            attempt += 1
+            self.event("join_backoff", attempt=attempt)
+            await asyncio.sleep(join_backoff(attempt, random.random()))
+
+    async def _lock_all(self, ring: RingState) -> tuple[bool, list[Member], RingState | None]:
+        req = LockRequest(holder=self.id, ttl=self.t.lock_ttl)
+
+        async def one(m: Member) -> LockResponse | None:
+            try:
+                return await self.peers.call(m.ip, m.port, "/peer/lock", req, LockResponse, timeout=2.0)
+            except (PeerError, ProtocolError):
+                return None
+
+        answers = await asyncio.gather(*(one(m) for m in ring.members))
+        locked = [m for m, a in zip(ring.members, answers) if a is not None and a.granted]
+        rings = [a.ring for a in answers if a is not None]
+        best = max(rings, key=lambda r: r.key()) if rings else None
+        return len(locked) == len(ring.members), locked, best
+
+    async def _unlock(self, members: Sequence[Member]) -> None:
+        async def one(m: Member) -> None:
+            try:
+                await self.peers.call(m.ip, m.port, "/peer/unlock", UnlockRequest(holder=self.id), LockResponse,
+                                      timeout=2.0)
+            except (PeerError, ProtocolError):
+                pass
+
+        await asyncio.gather(*(one(m) for m in members))
+
+    async def rejoin(self) -> None:
+        """Removed while alive (paused, cut off, too slow): come back as a new incarnation."""
+        contacts = [(m.ip, m.port) for m in self.mem.ring.members if m.id != self.id]
+        if self.s.join:
+            contacts.append(self.s.join)
+        self._new_incarnation()
+        while not self.stopping:
+            try:
+                await self.join(contacts)
+                return
+            except GridUnavailable as e:
+                self.log.warning("rejoin_failed", error=str(e))
+                await asyncio.sleep(1.0)
+
+    # ---- heartbeats and failure detection -------------------------------------------------------------
+    async def heartbeat_loop(self) -> None:
+        while not self.stopping:
+            start = time.monotonic()
+            if self.joined.is_set():
+                peers = self.mem.peers()
+                await asyncio.gather(*(self._beat(m) for m in peers))
+                proposal = self.mem.propose_removals(time.monotonic())
+                if proposal is not None:
+                    dead = [m for m in self.mem.ring.members if m not in proposal.members]
+                    self.event("declared_dead", dead=[m.id for m in dead], epoch=proposal.epoch)
+                    self.apply_ring(proposal)
+                    self.spawn(self.broadcast_ring(proposal, extra=dead), "broadcast")
+            await asyncio.sleep(max(0.0, self.t.heartbeat_interval - (time.monotonic() - start)))
+
+    async def _beat(self, m: Member) -> None:
+        c = self.counts()
+        sent = time.monotonic()
+        hb = Heartbeat(sender=self.id, epoch=self.mem.ring.epoch, active=c["queued"], backup=c["backup"],
+                       sent_at=time.time())
+        try:
+            reply = await self.peers.call(m.ip, m.port, "/peer/heartbeat", hb, HeartbeatReply,
+                                          timeout=self.t.failure_timeout)
+        except (PeerError, ProtocolError):
+            return
+        self.metrics.heartbeat_rtt.observe(time.monotonic() - sent)
+        if reply.ring is not None and reply.ring.key() > self.mem.ring.key():
+            self.apply_ring(reply.ring)
+        if reply.member and reply.epoch == self.mem.ring.epoch:
+            self.mem.on_reply(m.id, sent, reply.active)
+        elif reply.epoch < self.mem.ring.epoch:
+            self.spawn(self._send_ring(m, self.mem.ring), "push-ring")
+
+    def on_heartbeat(self, hb: Heartbeat) -> HeartbeatReply:
+        member = self.mem.member(hb.sender) is not None
+        if member:
+            self.mem.on_heartbeat(hb.sender, time.monotonic(), hb.active, hb.backup)
+        ring = self.mem.ring if (not member or hb.epoch < self.mem.ring.epoch) else None
+        return HeartbeatReply(epoch=self.mem.ring.epoch, active=self.counts()["queued"], member=member, ring=ring)
+
+    def on_lock(self, req: LockRequest) -> LockResponse:
+        granted = self.add_lock.acquire(req.holder, time.monotonic(), req.ttl)
+        return LockResponse(granted=granted, holder=self.add_lock.current(time.monotonic()), ring=self.mem.ring)
+
+    def on_unlock(self, req: UnlockRequest) -> LockResponse:
+        self.add_lock.release(req.holder)
+        return LockResponse(granted=False, holder=self.add_lock.current(time.monotonic()), ring=self.mem.ring)
+
+    # ---- replication -------------------------------------------------------------------------------
+    async def replicate(self, make: ReplicateRequest, deadline: float | None = None) -> None:
+        """Send `make` to every current successor; retry (following ring changes) until all have it."""
+        done: set[str] = set()
+        end = time.monotonic() + (deadline if deadline is not None else 2 * self.t.failure_timeout + 2)
+        while True:
+            targets = [m for m in self.mem.successors(self.id) if m.id not in done]
+            if not targets:
+                return
+            results = await asyncio.gather(*(self._replicate_one(m, make) for m in targets))
+            for m, ok in zip(targets, results):
+                if ok:
+                    done.add(m.id)
+            if all(results):
+                continue  # successors may have changed meanwhile: loop checks again
+            if time.monotonic() > end or self.stopping:
+                raise Unavailable("could not copy the jobs to enough replicas in time; outcome unknown")
+            await asyncio.sleep(0.05)
+
+    async def _replicate_one(self, m: Member, req: ReplicateRequest) -> bool:
+        req = msgspec.structs.replace(req, epoch=self.mem.ring.epoch)
+        try:
+            await self.peers.call(m.ip, m.port, "/peer/replicate", req, ReportResponse,
+                                  timeout=max(5.0, self.t.failure_timeout))
+            return True
+        except PeerError as e:
+            if e.status == 409:
+                try:
+                    ring = msgspec.msgpack.decode(e.body, type=RingState)
+                    self.apply_ring(ring)
+                except Exception:  # noqa: BLE001 - an error body without a ring
+                    pass
+            return False
+        except ProtocolError:
+            return False
+
+    def on_replicate(self, req: ReplicateRequest) -> ReportResponse:
+        sender = self.mem.member(req.sender)
+        if sender is None and req.sender not in self.departed:
+            if req.epoch > self.mem.ring.epoch:
+                pass  # we are behind: accept, the ring will follow through heartbeats
+            else:
+                raise ProtocolError(f"sender {req.sender} is not a member of ring epoch {self.mem.ring.epoch}", 409)
+        if req.prune_all:
+            n = self.store.drop_owner(req.sender)
+            self.event("replicas_pruned", owner=req.sender, jobs=n)
+            return ReportResponse(recorded=[], duplicates=[], unknown=[])
+        if req.jobs:
+            self.store.upsert_replicas(req.jobs)
+        if req.results or req.drop:
+            self.store.put_result_replicas(req.sender, req.results, req.drop)
+            self._notify([r.job_id for r in req.results])
+        return ReportResponse(recorded=[], duplicates=[], unknown=[])
+
+    async def resync_loop(self) -> None:
+        """After a membership change, bring every job and result of ours back to R copies."""
+        while not self.stopping:
+            await self._resync_needed.wait()
+            self._resync_needed.clear()
+            if not self.joined.is_set():
+                continue
+            await asyncio.sleep(0.05)  # let a burst of ring changes settle
+            try:
+                await self._resync()
+                await self._reconcile_orphans()
+            except (GridUnavailable, ProtocolError) as e:
+                self.log.warning("resync_incomplete", error=str(e))
+                await asyncio.sleep(0.5)
+                self._resync_needed.set()
+
+    async def _resync(self) -> None:
+        succ = self.mem.successors(self.id)
+        after = ""
+        while True:
+            jobs = self.store.jobs_of(self.id, after=after, limit=2000)
+            if not jobs:
+                break
+            after = jobs[-1].spec.id
+            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, jobs=jobs))
+        after = ""
+        while True:
+            res = self.store.results_of(self.id, after=after, limit=2000)
+            if not res:
+                break
+            after = res[-1].job_id
+            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=res))
+        keep = {m.id for m in succ} | {self.id}
+        prune = ReplicateRequest(sender=self.id, epoch=self.mem.ring.epoch, prune_all=True)
+        others = [m for m in self.mem.peers() if m.id not in keep]
+        await asyncio.gather(*(self._replicate_one(m, prune) for m in others))
+
+    async def _handoff(self, dead: Member, promoter: Member) -> None:
+        """We hold replicas of a departed owner that someone else now covers: send them there."""
+        for _ in range(20):
+            try:
+                while True:
+                    jobs = self.store.jobs_of(dead.id, limit=2000)
+                    res = self.store.results_of(dead.id, limit=2000)
+                    if not jobs and not res:
+                        return
+                    await self.peers.call(promoter.ip, promoter.port, "/peer/handoff",
+                                          HandoffRequest(sender=self.id, epoch=self.mem.ring.epoch, dead=dead.id,
+                                                         jobs=jobs, results=res), ReportResponse, timeout=10.0)
+                    self.store.drop_owner(dead.id, [j.spec.id for j in jobs] + [r.job_id for r in res])
+            except (PeerError, ProtocolError) as e:
+                self.log.warning("handoff_retry", dead=dead.id, to=promoter.id, error=str(e))
+                await asyncio.sleep(0.5)
+                p = self.mem.promoter_for(dead.location)
+                if p is None:
+                    return
+                if p.id == self.id:
+                    self.store.adopt(dead.id, self.id)
+                    self._resync_needed.set()
+                    return
+                promoter = p
+
+    def on_handoff(self, req: HandoffRequest) -> ReportResponse:
+        fresh = [msgspec.structs.replace(j, owner=self.id, state="queued") for j in req.jobs]
+        got = self.store.put_jobs(fresh)
+        self.store.adopt(req.dead, self.id, [j.spec.id for j in req.jobs])
+        if req.results:
+            have = self.store.get_results([r.job_id for r in req.results])
+            self.store.put_result_replicas(self.id, [r for r in req.results if r.job_id not in have], [])
+        if got:
+            self.metrics.promoted.inc(len(got))
+            self.promotions.append({"dead": req.dead, "by": self.id, "jobs": len(got), "epoch": req.epoch,
+                                    "at": time.time(), "via": req.sender})
+            self.event("replicas_promoted", dead=req.dead, jobs=len(got), via=req.sender)
+        self._resync_needed.set()
+        self.wake_runner.set()
+        return ReportResponse(recorded=got, duplicates=[], unknown=[])
+
+    async def _reconcile_orphans(self) -> None:
+        """Rows owned by nobody in the ring: drop what the grid has, adopt what only we hold."""
+        members = {m.id for m in self.mem.ring.members}
+        for owner in self.store.owners():
+            if owner in members or owner == self.id:
+                continue
+            dead = self.departed.get(owner)
+            if dead is not None:
+                p = self.mem.promoter_for(dead.location)
+                if p is not None and p.id == self.id:
+                    self.store.adopt(owner, self.id)
+                    continue
+                if p is not None:
+                    await self._handoff(dead, p)
+                    continue
+            await self._adopt_unknown_orphans(owner)
+
+    async def _adopt_unknown_orphans(self, owner: str) -> None:
+        while True:
+            jobs = self.store.jobs_of(owner, limit=1000)
+            res = self.store.results_of(owner, limit=1000)
+            if not jobs and not res:
+                return
+            ids = [j.spec.id for j in jobs] + [r.job_id for r in res]
+            found = await self.lookup_everywhere(ids)
+            mine_results = {r.job_id: r for r in res}
+            adopt: list[str] = []
+            for i in ids:
+                there = found.get(i)
+                if there is None:
+                    adopt.append(i)
+                elif isinstance(there, JobRecord) and i in mine_results:
+                    # the grid still has it queued, we hold a finished run of it: report that result
+                    await self._report_to(there.owner, [mine_results[i]])
+            if adopt:
+                self.store.adopt(owner, self.id, adopt)
+                for r in res:
+                    if r.job_id in adopt:
+                        self.store.db.execute("UPDATE results SET owner=? WHERE job_id=?", (self.id, r.job_id))
+                self.event("orphans_adopted", owner=owner, jobs=len(adopt))
+            self.store.drop_owner(owner, [i for i in ids if i not in adopt])
+            if adopt:
+                self._resync_needed.set()
+
+    async def lookup_everywhere(self, ids: list[str]) -> dict[str, Result | JobRecord]:
+        """Results (preferred) or jobs that any other member holds for `ids`."""
+        out: dict[str, Result | JobRecord] = {}
+
+        async def one(m: Member) -> LookupResponse | None:
+            try:
+                return await self.peers.call(m.ip, m.port, "/peer/lookup", LookupRequest(ids=ids), LookupResponse,
+                                             timeout=3.0)
+            except (PeerError, ProtocolError):
+                return None
+
+        answers = await asyncio.gather(*(one(m) for m in self.mem.peers()))
+        if any(a is None for a in answers):
+            raise GridUnavailable("some servers did not answer a lookup; will retry")
+        for a in answers:
+            for j in a.jobs:
+                out.setdefault(j.spec.id, j)
+            for r in a.results:
+                out[r.job_id] = r
+        return out
+
+    def on_lookup(self, req: LookupRequest) -> LookupResponse:
+        results = self.store.get_results(req.ids)
+        jobs = [rec for i, (rec, _) in self.store.get_jobs(req.ids).items() if i not in results]
+        return LookupResponse(results=list(results.values()), jobs=jobs)
+
+    # ---- submissions ---------------------------------------------------------------------------------
+    async def submit(self, specs: list[JobSpec], retry: bool = False) -> tuple[list[str], list[str]]:
+        self.require_serving()
+        if len({s.id for s in specs}) != len(specs):
+            raise ProtocolError("duplicate job ids in one submission", 422)
+        if self.counts()["active"] + len(specs) > self.s.max_queued:
+            raise Unavailable(f"queue full ({self.s.max_queued} jobs); retry later", 503, retry_after=2.0)
+        existing: list[str] = []
+        if retry:
+            found = await self.lookup_everywhere([s.id for s in specs])
+            existing = [s.id for s in specs if s.id in found]
+            specs = [s for s in specs if s.id not in found]
+            if not specs:
+                return [], existing
+        acc, ex = await self.submits.submit(specs)
+        return acc, ex + existing
+
+    async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[tuple[list[str], list[str]]]:
+        self.require_serving()
+        now = time.time()
+        records = [JobRecord(spec=s, owner=self.id, submitted_at=now,
+                             not_before=s.run_at if s.run_at else 0.0) for g in groups for s in g]
+        fresh = set(self.store.put_jobs(records))
+        if fresh:
+            await self.replicate(ReplicateRequest(sender=self.id, epoch=0,
+                                                  jobs=[r for r in records if r.spec.id in fresh]))
+            self.metrics.submitted.inc(len(fresh))
+            self._counts_at = 0.0
+            self.wake_runner.set()
+        return [([s.id for s in g if s.id in fresh], [s.id for s in g if s.id not in fresh]) for g in groups]
+
+    # ---- leases (local runners and thieves) ----------------------------------------------------------
+    def lease_local(self, holder: str, count: int) -> list[Lease]:
+        if not self.can_serve():
+            return []
+        until = time.time() + self.t.lease_ttl
+        return [Lease(record=r, lease_until=until) for r in self.store.lease(self.id, holder, count, until, time.time())]
+
+    def on_steal(self, req: StealRequest) -> StealResponse:
+        if self.mem.member(req.runner) is None or not self.can_serve():
+            return StealResponse(leases=[])
+        leases = self.lease_local(req.runner, req.max_jobs)
+        if leases:
+            self._counts_at = 0.0
+        return StealResponse(leases=leases)
+
+    def on_renew(self, req: RenewRequest) -> ReportResponse:
+        if not self.can_serve():
+            return ReportResponse(recorded=[], duplicates=[], unknown=list(req.ids))
+        ok = self.store.renew(self.id, req.runner, req.ids, time.time() + self.t.lease_ttl)
+        return ReportResponse(recorded=ok, duplicates=[], unknown=[i for i in req.ids if i not in set(ok)])
+
+    async def lease_sweeper(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(min(0.5, self.t.lease_ttl / 3))
+            if not self.can_serve():
+                continue
+            back = self.store.expire_leases(self.id, time.time())
+            if back:
+                self.metrics.lease_expired.inc(len(back))
+                self.event("leases_expired", jobs=len(back))
+                self.wake_runner.set()
+            self.store.expire_results(time.time())
+
+    # ---- results ----------------------------------------------------------------------------------------
+    async def report(self, results: list[Result]) -> ReportResponse:
+        self.require_serving()
+        return await self.reports.submit(results)
+
+    async def _flush_reports(self, groups: list[list[Result]]) -> list[ReportResponse]:
+        self.require_serving()
+        flat = [r for g in groups for r in g]
+        jobs = self.store.get_jobs([r.job_id for r in flat])
+        to_record: list[Result] = []
+        requeue: list[JobRecord] = []
+        ttl: dict[str, float | None] = {}
+        for r in flat:
+            held = jobs.get(r.job_id)
+            if held is None or held[0].owner != self.id:
+                continue
+            rec = held[0]
+            again = self._retry_decision(rec, r)
+            if again is not None:
+                requeue.append(again)
+            else:
+                ttl[r.job_id] = rec.spec.result_ttl
+                r.submitted_at = rec.submitted_at
+                to_record.append(r)
+        if requeue:
+            self.store.requeue(requeue)
+            self.metrics.retried.inc(len(requeue))
+            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, jobs=requeue))
+            self.wake_runner.set()
+        recorded, dups, unknown = self.store.record_results(self.id, to_record, ttl)
+        self.duplicates_dropped += len(dups)
+        self.metrics.duplicates.inc(len(dups))
+        if recorded:
+            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=recorded))
+            now = time.time()
+            for r in recorded:
+                (self.metrics.succeeded if r.state == "succeeded" else self.metrics.failed).inc()
+                self.done_times.append(now)
+            self._notify([r.job_id for r in recorded])
+            self._counts_at = 0.0
+        rec_ids = {r.job_id for r in recorded}
+        requeued = {r.spec.id for r in requeue}
+        dup_ids = set(dups)
+        out = []
+        for g in groups:
+            out.append(ReportResponse(
+                recorded=[r.job_id for r in g if r.job_id in rec_ids or r.job_id in requeued],
+                duplicates=[r.job_id for r in g if r.job_id in dup_ids],
+                unknown=[r.job_id for r in g if r.job_id not in rec_ids and r.job_id not in requeued
+                         and r.job_id not in dup_ids]))
+        return out
+
+    def _retry_decision(self, rec: JobRecord, r: Result) -> JobRecord | None:
+        """The job record to queue again, or None to record `r` as the final result."""
+        if r.state != "failed":
+            return None
+        if r.error_type == "WorkerCrashed" or r.retry:
+            crashes = rec.crashes + 1
+            if crashes < self.s.max_crashes:
+                return msgspec.structs.replace(rec, crashes=crashes, state="queued", not_before=0.0)
+            r.error = (f"{r.error}; the job killed its worker process {crashes} times, giving up "
+                       f"(limit {self.s.max_crashes})")
+            r.retry = False
+            return None
+        spec = rec.spec
+        if rec.attempts <= spec.max_retries and (not spec.retry_on or _matches(r.error_type, spec.retry_on)):
+            delay = min(60.0, 0.1 * (2 ** (rec.attempts - 1))) * (0.5 + random.random())
+            return msgspec.structs.replace(rec, state="queued", not_before=time.time() + delay)
+        return None
+
+    async def _report_to(self, owner_id: str, results: list[Result]) -> ReportResponse | None:
+        m = self.mem.member(owner_id)
+        if m is None:
+            d = self.departed.get(owner_id)
+            m = self.mem.promoter_for(d.location) if d is not None else None
+        if m is None:
+            return None
+        if m.id == self.id:
+            return await self.report(results)
+        try:
+            return await self.peers.call(m.ip, m.port, "/peer/report", ReportRequest(runner=self.id, results=results),
+                                         ReportResponse, timeout=10.0)
+        except (PeerError, ProtocolError):
+            return None
+
+    # ---- waiting for results ------------------------------------------------------------------------------
+    def _notify(self, ids: Sequence[str]) -> None:
+        for i in ids:
+            for ev in self.waiters.pop(i, ()):
+                ev.set()
+
+    async def wait_results(self, ids: list[str], timeout: float) -> tuple[list[Result], list[str]]:
+        """Results for `ids` as soon as at least one is known (or the timeout passes)."""
+        end = time.monotonic() + timeout
+        remote_checked = False
+        while True:
+            have = self.store.get_results(ids)
+            if have:
+                return list(have.values()), []
+            local = self.store.get_jobs(ids)
+            missing = [i for i in ids if i not in local]
+            if missing and not remote_checked and self.mem.peers():
+                remote_checked = True
+                try:
+                    found = await self.lookup_everywhere(missing)
+                except GridUnavailable:
+                    found = {}
+                rs = [v for v in found.values() if isinstance(v, Result)]
+                if rs:
+                    return rs, []
+                unknown = [i for i in missing if i not in found]
+                if len(unknown) == len(ids):
+                    return [], unknown
+            left = end - time.monotonic()
+            if left <= 0:
+                return [], []
+            ev = asyncio.Event()
+            for i in ids:
+                self.waiters[i].add(ev)
+            try:
+                await asyncio.wait_for(ev.wait(), timeout=min(left, 1.0 if missing else left))
+            except TimeoutError:
+                if missing:
+                    remote_checked = False
+            finally:
+                for i in ids:
+                    w = self.waiters.get(i)
+                    if w is not None:
+                        w.discard(ev)
+                        if not w:
+                            self.waiters.pop(i, None)
+
+    # ---- cancellation --------------------------------------------------------------------------------------
+    async def cancel(self, ids: list[str]) -> list[str]:
+        self.require_serving()
+        jobs = self.store.get_jobs(ids)
+        mine = [rec for rec, state in jobs.values() if rec.owner == self.id and state == "queued"]
+        now = time.time()
+        res = [Result(job_id=r.spec.id, state="cancelled", error="cancelled before it ran", node=self.id,
+                      attempts=r.attempts, submitted_at=r.submitted_at, finished_at=now) for r in mine]
+        if not res:
+            return []
+        recorded, _, _ = self.store.record_results(self.id, res)
+        if recorded:
+            self.metrics.cancelled.inc(len(recorded))
+            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=recorded))
+            self._notify([r.job_id for r in recorded])
+        return [r.job_id for r in recorded]
+
+    # ---- stopping ----------------------------------------------------------------------------------------------
+    async def close(self) -> None:
+        self.stopping = True
+        for t in list(self.tasks):
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for evs in self.waiters.values():
+            for ev in evs:
+                ev.set()
+        self.store.close()
+
+
+def _matches(error_type: str | None, names: list[str]) -> bool:
+    if not error_type:
+        return False
+    short = error_type.rsplit(".", 1)[-1]
+    return any(n == error_type or n == short for n in names)

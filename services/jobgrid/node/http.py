@@ -1,0 +1,276 @@
+"""The aiohttp shell: routes, auth, body limits, format negotiation, errors as JSON."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from ..codec import JSON, MSGPACK, decode, describe_error, encode
+from ..errors import JobgridError, ProtocolError, StorageError
+from ..protocol import (
+    CancelRequest, HandoffRequest, Heartbeat, JobStatus, JoinAnnounce, LockRequest, LookupRequest, RenewRequest,
+    ReplicateRequest, ReportRequest, StealRequest, SubmitRequest, SubmitResponse, UnlockRequest, WaitRequest,
+    WaitResponse, JobId,
+)
+from .grid import Grid, Unavailable
+
+log = structlog.get_logger("jobgrid.http")
+
+PUBLIC = frozenset({"/healthz"})
+COOKIE = "jobgrid_token"
+_job_id_type = msgspec.json.Decoder(JobId)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _fmt(request: web.Request) -> str:
+    return MSGPACK if MSGPACK in request.headers.get("Accept", "") else JSON
+
+
+def reply(request: web.Request, obj: Any, status: int = 200) -> web.Response:
+    fmt = _fmt(request)
+    return web.Response(body=encode(obj, fmt), status=status, content_type=fmt)
+
+
+def error(request: web.Request | None, status: int, message: str, **headers: str) -> web.Response:
+    return web.Response(body=encode({"error": message}, JSON), status=status, content_type=JSON, headers=headers)
+
+
+async def body(request: web.Request, typ: type) -> Any:
+    ct = request.content_type
+    if ct not in (JSON, MSGPACK):
+        raise ProtocolError(f"Content-Type must be {JSON} or {MSGPACK}, got {ct or 'none'}", 415)
+    raw = await request.read()
+    if not raw:
+        raise ProtocolError("empty request body", 400)
+    try:
+        return decode(raw, typ, ct)
+    except msgspec.ValidationError as e:
+        raise ProtocolError(describe_error(e), 422) from None
+    except (msgspec.DecodeError, ValueError, TypeError, RecursionError) as e:
+        raise ProtocolError(describe_error(e), 400) from None
+
+
+def make_middlewares(token: str | None) -> list:
+    secret = token.encode() if token else None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if secret is not None and request.path not in PUBLIC:
+            given = request.headers.get("Authorization", "")
+            cand = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+            url_token = request.query.get("token")
+            if url_token and not cand:
+                cand = url_token
+            if not hmac.compare_digest(cand.encode(), secret):
+                return error(request, 401, "missing or wrong cluster token (Authorization: Bearer <token>)",
+                             **{"WWW-Authenticate": "Bearer"})
+            if url_token and request.method == "GET":  # the dashboard link: move the token to a cookie
+                resp = web.HTTPFound(request.rel_url.without_query("token"))
+                resp.set_cookie(COOKIE, url_token, httponly=True, samesite="Strict")
+                return resp
+        try:
+            return await handler(request)
+        except Unavailable as e:
+            return error(request, e.status, str(e), **{"Retry-After": str(max(1, round(e.retry_after)))})
+        except ProtocolError as e:
+            if e.status == 409 and request.path.startswith("/peer/"):
+                grid: Grid = request.app["grid"]
+                return web.Response(body=encode(grid.mem.ring, MSGPACK), status=409, content_type=MSGPACK)
+            return error(request, e.status, str(e))
+        except StorageError as e:
+            log.error("storage_error", error=str(e), path=request.path)
+            return error(request, 507, f"the node cannot write its store: {e}")
+        except web.HTTPException as e:
+            if e.status >= 400 and not e.text.startswith("{"):
+                return error(request, e.status, e.reason)
+            raise
+        except JobgridError as e:
+            return error(request, 503, str(e))
+        except Exception as e:  # noqa: BLE001 - never a stack trace to the client, never a dead node
+            log.exception("internal_error", path=request.path)
+            return error(request, 500, f"internal error ({type(e).__name__}); see the node's log")
+
+    return [guard]
+
+
+def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
+    async def healthz(request: web.Request) -> web.Response:
+        serving = grid.joined.is_set() and not grid.stopping
+        return web.json_response({"ok": serving, "node": grid.id, "member": grid.mem.is_member},
+                                 status=200 if serving else 503)
+
+    async def servers(request: web.Request) -> web.Response:
+        return reply(request, grid.server_list())
+
+    async def submit(request: web.Request) -> web.Response:
+        req: SubmitRequest = await body(request, SubmitRequest)
+        acc, ex = await grid.submit(req.jobs, retry=req.retry)
+        return reply(request, SubmitResponse(accepted=acc, existing=ex, node=grid.id), 202 if acc else 200)
+
+    async def wait(request: web.Request) -> web.Response:
+        req: WaitRequest = await body(request, WaitRequest)
+        res, unknown = await grid.wait_results(req.ids, req.timeout)
+        return reply(request, WaitResponse(results=res, unknown=unknown))
+
+    def _job_id(request: web.Request) -> str:
+        raw = request.match_info["id"]
+        try:
+            return msgspec.json.decode(msgspec.json.encode(raw), type=JobId)
+        except msgspec.ValidationError:
+            raise ProtocolError(f"invalid job id {raw[:80]!r}: 1-128 chars of letters, digits, _ . : -", 400) from None
+
+    async def job_status(request: web.Request) -> web.Response:
+        jid = _job_id(request)
+        st = await job_view(grid, jid)
+        if st is None:
+            return error(request, 404, f"no server knows job {jid}")
+        return reply(request, st)
+
+    async def job_result(request: web.Request) -> web.Response:
+        jid = _job_id(request)
+        res = grid.store.get_results([jid]).get(jid)
+        if res is None:
+            try:
+                found = await grid.lookup_everywhere([jid]) if grid.mem.peers() else {}
+            except JobgridError:
+                found = {}
+            hit = found.get(jid)
+            if hit is None and not grid.store.get_jobs([jid]):
+                return error(request, 404, f"no server knows job {jid}")
+            if not hasattr(hit, "job_id"):
+                return error(request, 404, f"job {jid} has no result yet", **{"Retry-After": "1"})
+            res = hit
+        return reply(request, res)
+
+    async def list_jobs(request: web.Request) -> web.Response:
+        state = request.query.get("state") or None
+        if state not in (None, "queued", "leased"):
+            return error(request, 400, "state must be queued or leased (finished jobs: /results)")
+        try:
+            limit = int(request.query.get("limit", "100"))
+        except ValueError:
+            return error(request, 400, "limit must be an integer")
+        if not 1 <= limit <= 10_000:
+            return error(request, 400, "limit must be 1-10000")
+        rows = grid.store.list_jobs(None, state, limit)
+        return reply(request, [_status(rec, st) for rec, st in rows])
+
+    async def recent(request: web.Request) -> web.Response:
+        return reply(request, grid.store.recent_results(100))
+
+    async def cancel(request: web.Request) -> web.Response:
+        req: CancelRequest = await body(request, CancelRequest)
+        done = await grid.cancel(req.ids)
+        return reply(request, {"cancelled": done})
+
+    async def state(request: web.Request) -> web.Response:
+        return reply(request, node_state(grid, extra))
+
+    async def metrics(request: web.Request) -> web.Response:
+        grid.counts()
+        return web.Response(body=grid.metrics.render(), content_type="text/plain")
+
+    # ---- peer endpoints ----
+    async def p_heartbeat(request: web.Request) -> web.Response:
+        return reply(request, grid.on_heartbeat(await body(request, Heartbeat)))
+
+    async def p_ring_get(request: web.Request) -> web.Response:
+        return reply(request, grid.mem.ring)
+
+    async def p_ring_post(request: web.Request) -> web.Response:
+        ann: JoinAnnounce = await body(request, JoinAnnounce)
+        _check_ring(ann.ring)
+        grid.apply_ring(ann.ring)
+        return reply(request, grid.mem.ring)
+
+    async def p_lock(request: web.Request) -> web.Response:
+        return reply(request, grid.on_lock(await body(request, LockRequest)))
+
+    async def p_unlock(request: web.Request) -> web.Response:
+        return reply(request, grid.on_unlock(await body(request, UnlockRequest)))
+
+    async def p_replicate(request: web.Request) -> web.Response:
+        return reply(request, grid.on_replicate(await body(request, ReplicateRequest)))
+
+    async def p_steal(request: web.Request) -> web.Response:
+        return reply(request, grid.on_steal(await body(request, StealRequest)))
+
+    async def p_report(request: web.Request) -> web.Response:
+        req: ReportRequest = await body(request, ReportRequest)
+        return reply(request, await grid.report(req.results))
+
+    async def p_renew(request: web.Request) -> web.Response:
+        return reply(request, grid.on_renew(await body(request, RenewRequest)))
+
+    async def p_handoff(request: web.Request) -> web.Response:
+        return reply(request, grid.on_handoff(await body(request, HandoffRequest)))
+
+    async def p_lookup(request: web.Request) -> web.Response:
+        return reply(request, grid.on_lookup(await body(request, LookupRequest)))
+
+    return [
+        web.get("/healthz", healthz), web.get("/servers", servers), web.post("/jobs", submit),
+        web.get("/jobs", list_jobs), web.get("/jobs/{id}", job_status), web.get("/jobs/{id}/result", job_result),
+        web.post("/jobs/cancel", cancel), web.post("/results/wait", wait), web.get("/results", recent),
+        web.get("/state", state), web.get("/metrics", metrics),
+        web.post("/peer/heartbeat", p_heartbeat), web.get("/peer/ring", p_ring_get),
+        web.post("/peer/ring", p_ring_post), web.post("/peer/lock", p_lock), web.post("/peer/unlock", p_unlock),
+        web.post("/peer/replicate", p_replicate), web.post("/peer/steal", p_steal),
+        web.post("/peer/report", p_report), web.post("/peer/renew", p_renew),
+        web.post("/peer/handoff", p_handoff), web.post("/peer/lookup", p_lookup),
+    ]
+
+
+def _check_ring(ring) -> None:
+    ids = [m.id for m in ring.members]
+    locs = [m.location for m in ring.members]
+    if len(set(ids)) != len(ids) or len(set(locs)) != len(locs):
+        raise ProtocolError("ring has duplicate member ids or locations", 422)
+
+
+def _status(rec, state: str) -> JobStatus:
+    return JobStatus(id=rec.spec.id, state=state, owner=rec.owner, attempts=rec.attempts, kind=rec.spec.kind,
+                     name=rec.spec.name, priority=rec.spec.priority, submitted_at=rec.submitted_at)
+
+
+async def job_view(grid: Grid, jid: str) -> dict | None:
+    res = grid.store.get_results([jid]).get(jid)
+    if res is None:
+        held = grid.store.get_jobs([jid]).get(jid)
+        if held is not None and held[0].owner == grid.id:
+            return msgspec.to_builtins(_status(*held))
+        try:
+            found = await grid.lookup_everywhere([jid]) if grid.mem.peers() else {}
+        except JobgridError:
+            found = {}
+        hit = found.get(jid)
+        if hit is None:
+            return msgspec.to_builtins(_status(*held)) if held else None
+        if hasattr(hit, "spec"):
+            return msgspec.to_builtins(_status(hit, hit.state))
+        res = hit
+    d = msgspec.to_builtins(res)
+    d.pop("value", None)
+    d["id"] = jid
+    return d
+
+
+def node_state(grid: Grid, extra: dict[str, Any]) -> dict:
+    runner = extra.get("runner")
+    return {
+        "id": grid.id, "epoch": grid.mem.ring.epoch, "member": grid.mem.is_member,
+        "quorum": grid.mem.has_quorum(time.monotonic()),
+        "counts": grid.counts(), "promotions": list(grid.promotions),
+        "duplicates_dropped": grid.duplicates_dropped,
+        "runners": runner.snapshot() if runner else [],
+        "started_jobs": runner.started_jobs if runner else 0,
+        "events": list(grid.events)[-50:],
+        "ring": msgspec.to_builtins(grid.mem.ring),
+    }

@@ -1,0 +1,81 @@
+"""HTTP calls to other nodes: one aiohttp session per peer, msgpack bodies, bounded timeouts."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any, TypeVar
+
+import aiohttp
+
+from ..codec import MSGPACK, decode, encode
+from ..errors import GridUnavailable, ProtocolError
+
+T = TypeVar("T")
+
+
+class PeerError(GridUnavailable):
+    """A peer could not be reached or answered with an error."""
+
+    def __init__(self, message: str, status: int | None = None, body: bytes = b"") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class Peers:
+    def __init__(self, *, token: str | None, scheme: str = "http", ssl_context: ssl.SSLContext | None = None,
+                 timeout: float = 5.0, local_host: str | None = None) -> None:
+        self.token = token
+        self.scheme = scheme
+        self.ssl = ssl_context
+        self.timeout = timeout
+        # bind outgoing connections to our own address, so links between nodes on 127.0.0.x can be cut
+        self.local_addr = (local_host, 0) if local_host else None
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._closed = False
+
+    def _session(self, base: str) -> aiohttp.ClientSession:
+        s = self._sessions.get(base)
+        if s is None or s.closed:
+            headers = {"Accept": MSGPACK, "Content-Type": MSGPACK}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            conn = aiohttp.TCPConnector(limit=32, ssl=self.ssl if self.ssl else None, keepalive_timeout=30,
+                                        local_addr=self.local_addr)
+            s = aiohttp.ClientSession(base_url=base, headers=headers, connector=conn)
+            self._sessions[base] = s
+        return s
+
+    def base(self, host: str, port: int) -> str:
+        h = f"[{host}]" if ":" in host else host
+        return f"{self.scheme}://{h}:{port}"
+
+    async def call(self, host: str, port: int, path: str, body: Any, reply: type[T], *,
+                   timeout: float | None = None, method: str = "POST") -> T:
+        if self._closed:
+            raise PeerError("node is stopping")
+        s = self._session(self.base(host, port))
+        data = encode(body, MSGPACK) if body is not None else None
+        try:
+            async with s.request(method, path, data=data,
+                                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
+                raw = await r.read()
+                if r.status >= 400:
+                    raise PeerError(f"{host}:{port}{path} answered {r.status}: {raw[:300]!r}", r.status, raw)
+                try:
+                    return decode(raw, reply, MSGPACK)
+                except Exception as e:  # a peer of another version or a liar
+                    raise ProtocolError(f"{host}:{port}{path}: bad reply: {e}", 502) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise PeerError(f"{host}:{port}{path}: {type(e).__name__}: {e}") from None
+
+    async def forget(self, host: str, port: int) -> None:
+        s = self._sessions.pop(self.base(host, port), None)
+        if s is not None:
+            await s.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        for s in list(self._sessions.values()):
+            await s.close()
+        self._sessions.clear()

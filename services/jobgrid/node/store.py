@@ -1,0 +1,401 @@
+"""The node's durable queues: one SQLite file (WAL) holding the activeQueue, the backupQueue and results.
+
+A job row whose owner is this node belongs to the activeQueue; any other owner makes it a
+replica in the backupQueue. Finished jobs leave the queues and become result rows (kept on the
+owner and its replicas). Every method is one transaction; callers batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from ..errors import StorageError
+from ..protocol import JobRecord, Result
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    not_before REAL NOT NULL,
+    lease_holder TEXT,
+    lease_until REAL,
+    record BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (owner, state, priority DESC, seq);
+CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_until) WHERE state = 'leased';
+CREATE TABLE IF NOT EXISTS results (
+    job_id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    expires_at REAL,
+    result BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS results_owner ON results (owner);
+CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at) WHERE expires_at IS NOT NULL;
+"""
+
+_enc = msgspec.msgpack.Encoder()
+_dec_job = msgspec.msgpack.Decoder(JobRecord)
+_dec_result = msgspec.msgpack.Decoder(Result)
+
+
+class Store:
+    """Durable queues of one node. `synchronous=NORMAL` under WAL: a commit survives a process
+    crash; a power loss may drop the last commits, which is what the R-1 replicas are for."""
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StorageError(f"{path}: cannot switch the database to WAL mode (got {mode})")
+            self.db.execute(f"PRAGMA synchronous={synchronous}")
+            self.db.execute("PRAGMA busy_timeout=5000")
+            self.db.executescript(_SCHEMA)
+            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StorageError(f"{path}: the database is damaged ({check}); move it away to start empty")
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{path}: cannot open the job store: {e}. If the file is corrupt, "
+                               "move it away; if the folder is read-only, fix its permissions") from None
+        except OSError as e:
+            raise StorageError(f"{path.parent}: cannot create the data folder: {e}") from None
+        row = self.db.execute("SELECT max(seq) FROM jobs").fetchone()
+        self._seq = (row[0] or 0) + 1
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- meta --------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        self._write("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(key, value)])
+
+    # ---- writing -------------------------------------------------------------------------------
+    def _write(self, sql: str, rows: Iterable[tuple]) -> None:
+        try:
+            self.db.executemany(sql, rows)
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path}: write failed: {e}") from None
+
+    def _txn(self):
+        return _Txn(self)
+
+    def put_jobs(self, records: Sequence[JobRecord]) -> list[str]:
+        """Insert jobs that are not known yet (as jobs or results); returns the ids inserted."""
+        if not records:
+            return []
+        ids = [r.spec.id for r in records]
+        with self._txn():
+            known = self._known(ids)
+            rows = []
+            fresh = []
+            for r in records:
+                if r.spec.id in known:
+                    continue
+                known.add(r.spec.id)
+                fresh.append(r.spec.id)
+                rows.append(self._row(r))
+            self._write("INSERT INTO jobs(id, owner, state, priority, seq, not_before, record) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        return fresh
+
+    def upsert_replicas(self, records: Sequence[JobRecord]) -> None:
+        """Store copies sent by an owner; a job that already has a result stays finished."""
+        if not records:
+            return
+        with self._txn():
+            done = self._with_results([r.spec.id for r in records])
+            rows = [self._row(r) for r in records if r.spec.id not in done]
+            self._write("INSERT INTO jobs(id, owner, state, priority, seq, not_before, record) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET owner=excluded.owner, "
+                        "state=excluded.state, priority=excluded.priority, not_before=excluded.not_before, "
+                        "record=excluded.record, lease_holder=NULL, lease_until=NULL", rows)
+
+    def _row(self, r: JobRecord) -> tuple:
+        self._seq += 1
+        state = "queued" if r.state == "leased" else r.state
+        return (r.spec.id, r.owner, state, r.spec.priority, self._seq, r.not_before, _enc.encode(r))
+
+    def _known(self, ids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            out.update(x for (x,) in self.db.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
+            out.update(x for (x,) in self.db.execute(
+                f"SELECT job_id FROM results WHERE job_id IN ({marks})", chunk))
+        return out
+
+    def _with_results(self, ids: Sequence[str]) -> set[str]:
+        out: set[str] = set()
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            out.update(x for (x,) in self.db.execute(
+                f"SELECT job_id FROM results WHERE job_id IN ({marks})", chunk))
+        return out
+
+    # ---- leasing -------------------------------------------------------------------------------
+    def lease(self, owner: str, holder: str, count: int, lease_until: float, now: float) -> list[JobRecord]:
+        """Hand out up to `count` queued jobs of `owner`, highest priority first, oldest first."""
+        if count <= 0:
+            return []
+        with self._txn():
+            rows = self.db.execute(
+                "SELECT id, record FROM jobs WHERE owner=? AND state='queued' AND not_before<=? "
+                "ORDER BY priority DESC, seq LIMIT ?", (owner, now, count)).fetchall()
+            if not rows:
+                return []
+            out = []
+            upd = []
+            for job_id, blob in rows:
+                rec = _dec_job.decode(blob)
+                rec.attempts += 1
+                rec.state = "leased"
+                out.append(rec)
+                upd.append((holder, lease_until, _enc.encode(rec), job_id))
+            self._write("UPDATE jobs SET state='leased', lease_holder=?, lease_until=?, record=? WHERE id=?", upd)
+        return out
+
+    def renew(self, owner: str, holder: str, ids: Sequence[str], lease_until: float) -> list[str]:
+        """Extend leases still held by `holder`; returns the ids whose lease was extended."""
+        ok = []
+        with self._txn():
+            for job_id in ids:
+                cur = self.db.execute("UPDATE jobs SET lease_until=? WHERE id=? AND owner=? AND "
+                                      "state='leased' AND lease_holder=?", (lease_until, job_id, owner, holder))
+                if cur.rowcount:
+                    ok.append(job_id)
+        return ok
+
+    def expire_leases(self, owner: str, now: float, holders: Iterable[str] | None = None) -> list[str]:
+        """Put back jobs whose lease ran out (or whose holder is gone) so they run again."""
+        with self._txn():
+            if holders is None:
+                rows = self.db.execute("SELECT id FROM jobs WHERE state='leased' AND lease_until<? AND owner=?",
+                                       (now, owner)).fetchall()
+            else:
+                hs = list(holders)
+                if not hs:
+                    return []
+                marks = ",".join("?" * len(hs))
+                rows = self.db.execute(f"SELECT id FROM jobs WHERE state='leased' AND owner=? AND "
+                                       f"lease_holder IN ({marks})", (owner, *hs)).fetchall()
+            ids = [r[0] for r in rows]
+            self._write("UPDATE jobs SET state='queued', lease_holder=NULL, lease_until=NULL WHERE id=?",
+                        [(i,) for i in ids])
+        return ids
+
+    def requeue(self, records: Sequence[JobRecord]) -> None:
+        """Put jobs back in the queue with their updated attempt counts and delays."""
+        with self._txn():
+            self._write("UPDATE jobs SET state='queued', lease_holder=NULL, lease_until=NULL, not_before=?, "
+                        "record=? WHERE id=?", [(r.not_before, _enc.encode(r), r.spec.id) for r in records])
+
+    def requeue_all_leased(self, owner: str) -> int:
+        with self._txn():
+            cur = self.db.execute("UPDATE jobs SET state='queued', lease_holder=NULL, lease_until=NULL "
+                                  "WHERE owner=? AND state='leased'", (owner,))
+            return cur.rowcount
+
+    # ---- results -------------------------------------------------------------------------------
+    def record_results(self, owner: str, results: Sequence[Result], ttl: dict[str, float | None] | None = None
+                       ) -> tuple[list[Result], list[str], list[str]]:
+        """First result wins. Returns (recorded, duplicates, unknown ids)."""
+        recorded: list[Result] = []
+        dups: list[str] = []
+        unknown: list[str] = []
+        now = time.time()
+        with self._txn():
+            for res in results:
+                if self.db.execute("SELECT 1 FROM results WHERE job_id=?", (res.job_id,)).fetchone():
+                    dups.append(res.job_id)
+                    continue
+                row = self.db.execute("SELECT owner FROM jobs WHERE id=?", (res.job_id,)).fetchone()
+                if row is None or row[0] != owner:
+                    unknown.append(res.job_id)
+                    continue
+                t = (ttl or {}).get(res.job_id)
+                self.db.execute("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result) "
+                                "VALUES (?, ?, ?, ?, ?, ?)", (res.job_id, owner, res.state, now,
+                                                             now + t if t else None, _enc.encode(res)))
+                self.db.execute("DELETE FROM jobs WHERE id=?", (res.job_id,))
+                recorded.append(res)
+        return recorded, dups, unknown
+
+    def put_result_replicas(self, owner: str, results: Sequence[Result], drop: Sequence[str]) -> None:
+        now = time.time()
+        with self._txn():
+            self._write("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result) "
+                        "VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner",
+                        [(r.job_id, owner, r.state, now, _enc.encode(r)) for r in results])
+            ids = list(drop) + [r.job_id for r in results]
+            self._write("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+
+    def get_results(self, ids: Sequence[str]) -> dict[str, Result]:
+        out: dict[str, Result] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for job_id, blob in self.db.execute(
+                    f"SELECT job_id, result FROM results WHERE job_id IN ({marks})", chunk):
+                out[job_id] = _dec_result.decode(blob)
+        return out
+
+    def get_jobs(self, ids: Sequence[str]) -> dict[str, tuple[JobRecord, str]]:
+        """id -> (record, stored state)."""
+        out: dict[str, tuple[JobRecord, str]] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for job_id, blob, state, owner in self.db.execute(
+                    f"SELECT id, record, state, owner FROM jobs WHERE id IN ({marks})", chunk):
+                rec = _dec_job.decode(blob)
+                rec.owner = owner
+                rec.state = state
+                out[job_id] = (rec, state)
+        return out
+
+    def expire_results(self, now: float) -> int:
+        with self._txn():
+            return self.db.execute("DELETE FROM results WHERE expires_at IS NOT NULL AND expires_at<?",
+                                   (now,)).rowcount
+
+    # ---- ownership -------------------------------------------------------------------------------
+    def owners(self) -> set[str]:
+        return {o for (o,) in self.db.execute("SELECT DISTINCT owner FROM jobs")} | {
+            o for (o,) in self.db.execute("SELECT DISTINCT owner FROM results")}
+
+    def jobs_of(self, owner: str, after: str = "", limit: int = 5000) -> list[JobRecord]:
+        out = []
+        for blob, state, own in self.db.execute(
+                "SELECT record, state, owner FROM jobs WHERE owner=? AND id>? ORDER BY id LIMIT ?",
+                (owner, after, limit)):
+            rec = _dec_job.decode(blob)
+            rec.state = "queued" if state == "leased" else state
+            rec.owner = own
+            out.append(rec)
+        return out
+
+    def results_of(self, owner: str, after: str = "", limit: int = 5000) -> list[Result]:
+        return [_dec_result.decode(b) for (b,) in self.db.execute(
+            "SELECT result FROM results WHERE owner=? AND job_id>? ORDER BY job_id LIMIT ?",
+            (owner, after, limit))]
+
+    def adopt(self, old_owner: str, new_owner: str, ids: Sequence[str] | None = None) -> int:
+        """Promote replicas: jobs and results of `old_owner` become `new_owner`'s."""
+        with self._txn():
+            if ids is None:
+                n = self.db.execute("UPDATE jobs SET owner=?, state='queued', lease_holder=NULL, "
+                                    "lease_until=NULL WHERE owner=?", (new_owner, old_owner)).rowcount
+                self.db.execute("UPDATE results SET owner=? WHERE owner=?", (new_owner, old_owner))
+                return n
+            n = 0
+            for i in ids:
+                n += self.db.execute("UPDATE jobs SET owner=?, state='queued' WHERE id=? AND owner=?",
+                                     (new_owner, i, old_owner)).rowcount
+            return n
+
+    def drop_owner(self, owner: str, ids: Sequence[str] | None = None) -> int:
+        """Forget replicas of `owner` (all, or just `ids`); only rows still owned by it."""
+        with self._txn():
+            if ids is None:
+                n = self.db.execute("DELETE FROM jobs WHERE owner=?", (owner,)).rowcount
+                self.db.execute("DELETE FROM results WHERE owner=?", (owner,))
+                return n
+            n = 0
+            for chunk in _chunks(list(ids), 500):
+                marks = ",".join("?" * len(chunk))
+                n += self.db.execute(f"DELETE FROM jobs WHERE owner=? AND id IN ({marks})",
+                                     (owner, *chunk)).rowcount
+                self.db.execute(f"DELETE FROM results WHERE owner=? AND job_id IN ({marks})", (owner, *chunk))
+            return n
+
+    def cancel_queued(self, owner: str, ids: Sequence[str]) -> list[JobRecord]:
+        out = []
+        for rec, state in self.get_jobs(ids).values():
+            if rec.owner == owner and state == "queued":
+                out.append(rec)
+        return out
+
+    # ---- counts and listings ---------------------------------------------------------------------
+    def counts(self, me: str) -> dict[str, int]:
+        q = self.db.execute("SELECT state, count(*) FROM jobs WHERE owner=? GROUP BY state", (me,)).fetchall()
+        c = dict(q)
+        backup = self.db.execute("SELECT count(*) FROM jobs WHERE owner<>?", (me,)).fetchone()[0]
+        return {"queued": c.get("queued", 0), "leased": c.get("leased", 0),
+                "active": c.get("queued", 0) + c.get("leased", 0), "backup": backup}
+
+    def queued_ready(self, me: str, now: float) -> int:
+        return self.db.execute("SELECT count(*) FROM jobs WHERE owner=? AND state='queued' AND not_before<=?",
+                               (me, now)).fetchone()[0]
+
+    def recent_results(self, limit: int = 50) -> list[Result]:
+        return [_dec_result.decode(b) for (b,) in self.db.execute(
+            "SELECT result FROM results ORDER BY recorded_at DESC LIMIT ?", (limit,))]
+
+    def list_jobs(self, owner: str | None, state: str | None, limit: int = 100) -> list[tuple[JobRecord, str]]:
+        sql = "SELECT record, state, owner FROM jobs WHERE 1=1"
+        args: list = []
+        if owner:
+            sql += " AND owner=?"
+            args.append(owner)
+        if state:
+            sql += " AND state=?"
+            args.append(state)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        out = []
+        for blob, st, own in self.db.execute(sql, args):
+            rec = _dec_job.decode(blob)
+            rec.state = st
+            rec.owner = own
+            out.append((rec, st))
+        return out
+
+
+class _Txn:
+    def __init__(self, store: Store) -> None:
+        self.db = store.db
+        self.path = store.path
+        self.outer = False
+
+    def __enter__(self):
+        if self.db.in_transaction:
+            self.outer = True
+            return self
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise StorageError(f"{self.path}: cannot start a transaction: {e}") from None
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.outer:
+            return False
+        try:
+            if exc_type is None:
+                self.db.execute("COMMIT")
+            else:
+                self.db.execute("ROLLBACK")
+        except sqlite3.Error as e:
+            if exc_type is None:
+                raise StorageError(f"{self.path}: commit failed: {e}") from None
+        return False
+
+
+def _chunks(seq: Sequence, n: int):
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
