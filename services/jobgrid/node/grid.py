@@ -487,15 +487,15 @@ class Grid:
     def on_handoff(self, req: HandoffRequest) -> ReportResponse:
         fresh = [msgspec.structs.replace(j, owner=self.id, state="queued") for j in req.jobs]
         got = self.store.put_jobs(fresh)
-        self.store.adopt(req.dead, self.id, [j.spec.id for j in req.jobs])
+        n = len(got) + self.store.adopt(req.dead, self.id, [j.spec.id for j in req.jobs])
         if req.results:
             have = self.store.get_results([r.job_id for r in req.results])
             self.store.put_result_replicas(self.id, [r for r in req.results if r.job_id not in have], [])
-        if got:
-            self.metrics.promoted.inc(len(got))
-            self.promotions.append({"dead": req.dead, "by": self.id, "jobs": len(got), "epoch": req.epoch,
+        if n:
+            self.metrics.promoted.inc(n)
+            self.promotions.append({"dead": req.dead, "by": self.id, "jobs": n, "epoch": req.epoch,
                                     "at": time.time(), "via": req.sender})
-            self.event("replicas_promoted", dead=req.dead, jobs=len(got), via=req.sender)
+            self.event("replicas_promoted", dead=req.dead, jobs=n, via=req.sender)
         self._resync_needed.set()
         self.wake_runner.set()
         return ReportResponse(recorded=got, duplicates=[], unknown=[])

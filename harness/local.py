@@ -1,0 +1,315 @@
+"""The `local` backend: node processes on loopback addresses 127.0.0.x, faults with real signals and iptables.
+
+Each node binds its own address (127.0.0.<10+i>) and its outgoing peer connections come from that
+address too, so iptables rules on the loopback interface can cut the links between two nodes.
+Rules live in a chain of our own (one per cluster), inserted once into INPUT and removed on heal/stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HarnessError
+
+
+@dataclass
+class NodeHandle:
+    name: str
+    host: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    state: str = "stopped"   # running | killed | paused | stopped
+    node_id: str = ""
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """N node processes on this machine. Every process and rule it makes is removed by `stop()`."""
+
+    backend = "local"
+
+    def __init__(self, workdir: Path, *, replicas: int = 3, runners: int = 2, token: str | None = None,
+                 heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, lease_ttl: float = 3.0,
+                 first_octet: int | None = None, port: int | None = None, extra_args: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.replicas = replicas
+        self.runners = runners
+        self.token = token
+        self.timing = ["--heartbeat-interval", str(heartbeat_interval), "--failure-timeout", str(failure_timeout),
+                       "--lease-ttl", str(lease_ttl)]
+        self.extra_args = list(extra_args)
+        self.env = env or {}
+        # distinct address block per cluster, so clusters in one test run never collide
+        self.first_octet = first_octet if first_octet is not None else 10 + (os.getpid() % 20) * 10
+        self.port = port or free_port()
+        self.nodes: list[NodeHandle] = []
+        self.chain = f"JG{os.getpid() % 100000}{self.port}"[:28]
+        self._chain_made = False
+        self.faults: list[dict] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def _cmd(self, node: NodeHandle, join: NodeHandle | None) -> list[str]:
+        cmd = [sys.executable, "-m", "jobgrid.cli", "server", str(node.port)]
+        if join is not None:
+            cmd += [join.host, str(join.port)]
+        cmd += ["--host", node.host, "--data-dir", str(node.data_dir), "--runners", str(self.runners),
+                "--replicas", str(self.replicas), "--log-level", "info", *self.timing, *self.extra_args]
+        if self.token:
+            tf = self.workdir / "token"
+            tf.write_text(self.token)
+            tf.chmod(0o600)
+            cmd += ["--token-file", str(tf)]
+        return cmd
+
+    def add_node(self) -> NodeHandle:
+        i = len(self.nodes)
+        host = f"127.0.{self.first_octet // 256}.{self.first_octet % 256 + i}" if self.first_octet >= 256 else \
+            f"127.0.0.{self.first_octet + i}"
+        node = NodeHandle(name=f"n{i + 1}", host=host, port=self.port, data_dir=self.workdir / f"n{i + 1}",
+                          log_path=self.workdir / f"n{i + 1}.log")
+        self.nodes.append(node)
+        return node
+
+    def start(self, node: NodeHandle, join: NodeHandle | None = None) -> NodeHandle:
+        if node.proc is not None and node.proc.poll() is None:
+            raise HarnessError(f"{node.name} is already running")
+        env = {k: v for k, v in os.environ.items() if k not in ("JOBGRID_TOKEN",)}
+        env.update(self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        log = open(node.log_path, "ab")
+        node.proc = subprocess.Popen(self._cmd(node, join), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        log.close()
+        node.state = "running"
+        return node
+
+    def up(self, n: int, *, timeout: float = 60.0, together: bool = False) -> list[NodeHandle]:
+        """Start `n` nodes: the first at ring position 0, the others joining through it."""
+        first = self.start(self.add_node())
+        self.wait_healthy(first, timeout)
+        others = [self.add_node() for _ in range(n - 1)]
+        for node in others:
+            self.start(node, join=first)
+            if not together:
+                self.wait_healthy(node, timeout)
+        for node in others:
+            self.wait_healthy(node, timeout)
+        self.wait_converged(timeout)
+        return self.nodes
+
+    def live(self) -> list[NodeHandle]:
+        return [n for n in self.nodes if n.state == "running"]
+
+    # ---- observing ---------------------------------------------------------------------------------
+    def get(self, node: NodeHandle, path: str, timeout: float = 2.0) -> dict | list:
+        req = urllib.request.Request(node.url + path)
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def healthy(self, node: NodeHandle) -> bool:
+        try:
+            return bool(self.get(node, "/healthz", 1.0).get("ok"))  # type: ignore[union-attr]
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def wait_healthy(self, node: NodeHandle, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if node.proc is not None and node.proc.poll() is not None:
+                raise HarnessError(f"{node.name} exited with code {node.proc.returncode}; log tail:\n"
+                                   + self.log_tail(node))
+            if self.healthy(node):
+                st = self.get(node, "/state")
+                node.node_id = st["id"]  # type: ignore[index]
+                return
+            time.sleep(0.05)
+        raise HarnessError(f"{node.name} not healthy after {timeout} s; log tail:\n" + self.log_tail(node))
+
+    def log_tail(self, node: NodeHandle, lines: int = 30) -> str:
+        try:
+            return "\n".join(node.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def server_lists(self, nodes: Iterable[NodeHandle] | None = None) -> dict[str, dict]:
+        out = {}
+        for n in nodes if nodes is not None else self.live():
+            try:
+                out[n.name] = self.get(n, "/servers")
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+        return out
+
+    def converged(self, nodes: Sequence[NodeHandle] | None = None) -> bool:
+        """Every given live node reports the same ring, made of exactly the given nodes."""
+        nodes = list(nodes) if nodes is not None else self.live()
+        lists = self.server_lists(nodes)
+        if len(lists) != len(nodes):
+            return False
+        want = {(n.host, n.port) for n in nodes}
+        views = set()
+        for sl in lists.values():
+            members = frozenset((s["ip"], s["port"], s["id"], s["location"]) for s in sl["servers"])  # type: ignore
+            if {(m[0], m[1]) for m in members} != want:
+                return False
+            views.add((sl["epoch"], members))  # type: ignore[index]
+        return len(views) == 1
+
+    def wait_converged(self, timeout: float = 30.0, nodes: Sequence[NodeHandle] | None = None) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.converged(nodes):
+                for n in nodes if nodes is not None else self.live():
+                    n.node_id = self.get(n, "/state")["id"]  # type: ignore[index]
+                return time.monotonic() - start
+            time.sleep(0.05)
+        raise HarnessError(f"ring did not converge within {timeout} s: {self.server_lists(nodes)}")
+
+    def states(self) -> dict[str, dict]:
+        out = {}
+        for n in self.live():
+            try:
+                out[n.name] = self.get(n, "/state")
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+        return out
+
+    # ---- faults ------------------------------------------------------------------------------------------
+    def kill(self, node: NodeHandle) -> None:
+        if node.proc is None or node.proc.poll() is not None:
+            raise HarnessError(f"{node.name} is not running")
+        os.killpg(node.proc.pid, signal.SIGKILL)
+        node.proc.wait(10)
+        node.state = "killed"
+        self.faults.append({"kind": "kill", "node": node.name, "at": time.time()})
+
+    def pause(self, node: NodeHandle) -> None:
+        assert node.proc is not None
+        os.kill(node.proc.pid, signal.SIGSTOP)
+        node.state = "paused"
+        self.faults.append({"kind": "pause", "node": node.name, "at": time.time()})
+
+    def resume(self, node: NodeHandle) -> None:
+        assert node.proc is not None
+        os.kill(node.proc.pid, signal.SIGCONT)
+        node.state = "running"
+        self.faults.append({"kind": "resume", "node": node.name, "at": time.time()})
+
+    def restart(self, node: NodeHandle, timeout: float = 60.0) -> None:
+        """Start a killed node again on its data dir, contacting a live node."""
+        contact = next((n for n in self.live() if n is not node), None)
+        self.start(node, join=contact)
+        self.wait_healthy(node, timeout)
+        self.faults.append({"kind": "restart", "node": node.name, "at": time.time()})
+
+    def _ipt(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        if shutil.which("iptables") is None:
+            raise HarnessError("iptables is not installed (apt-get install iptables)")
+        r = subprocess.run(["iptables", "-w", *args], capture_output=True, text=True)
+        if check and r.returncode != 0:
+            raise HarnessError(f"iptables {' '.join(args)} failed: {r.stderr.strip()}")
+        return r
+
+    def partition(self, groups: Sequence[Sequence[NodeHandle]]) -> None:
+        """Cut every link between nodes of different groups (both directions). Idempotent."""
+        if os.geteuid() != 0:
+            raise HarnessError("partitions need root (iptables)")
+        if not self._chain_made:
+            self._ipt("-N", self.chain, check=False)
+            if self._ipt("-C", "INPUT", "-j", self.chain, check=False).returncode != 0:
+                self._ipt("-I", "INPUT", "1", "-j", self.chain)
+            self._chain_made = True
+        self._ipt("-F", self.chain)
+        for gi, a in enumerate(groups):
+            for gj, b in enumerate(groups):
+                if gi == gj:
+                    continue
+                for x in a:
+                    for y in b:
+                        self._ipt("-A", self.chain, "-s", x.host, "-d", y.host, "-j", "DROP")
+        self.faults.append({"kind": "partition", "groups": [[n.name for n in g] for g in groups], "at": time.time()})
+
+    def heal(self) -> None:
+        if self._chain_made:
+            self._ipt("-F", self.chain, check=False)
+            self.faults.append({"kind": "heal", "at": time.time()})
+
+    def _remove_chain(self) -> None:
+        if not self._chain_made:
+            return
+        self._ipt("-F", self.chain, check=False)
+        while self._ipt("-D", "INPUT", "-j", self.chain, check=False).returncode == 0:
+            pass
+        self._ipt("-X", self.chain, check=False)
+        self._chain_made = False
+
+    def stop(self) -> None:
+        """Stop every node this cluster started and remove every rule. Safe to call twice."""
+        self._remove_chain()
+        for n in self.nodes:
+            if n.proc is None:
+                continue
+            if n.state == "paused":
+                try:
+                    os.kill(n.proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            if n.proc.poll() is None:
+                try:
+                    os.killpg(n.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for n in self.nodes:
+            if n.proc is None:
+                continue
+            try:
+                n.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # the whole session: the node and its worker processes
+                os.killpg(n.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            try:
+                n.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            n.state = "stopped"
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
