@@ -1,0 +1,38 @@
+# jobgrid: `make demo` and `make test` are all the set-up there is.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast bench clean images
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# a local 5-node grid, a workload of all three job kinds, a kill and a partition, and the verdict
+demo: $(STAMP)
+	$(VENV)/bin/harness run --nodes 5 --jobs 600 --kill 2 --partition halves --duration 20
+
+# the whole suite, Docker and browser tests included (installs and starts what they need)
+test: $(STAMP)
+	bash scripts/ensure-docker.sh
+	bash scripts/ensure-chromium.sh
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# everything that needs neither Docker nor Chromium
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not docker and not browser" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/run.py $(if $(PEERS),--peers,)
+
+images: $(STAMP)
+	bash scripts/ensure-docker.sh
+	$(VENV)/bin/harness image --base debian
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info runs .harness

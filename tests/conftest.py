@@ -1,0 +1,44 @@
+"""Shared fixtures: real node processes on loopback, torn down by the test that started them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from harness.local import LocalCluster
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Make LocalClusters; every one made is stopped (processes and iptables rules) at teardown."""
+    made: list[LocalCluster] = []
+
+    def make(**kw) -> LocalCluster:
+        c = LocalCluster(tmp_path / f"cluster{len(made)}", **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+def by_value(module_name: str) -> None:
+    """Test modules are not importable in job processes: ship their functions by value."""
+    cloudpickle.register_pickle_by_value(sys.modules[module_name])
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for iptables")
