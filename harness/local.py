@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -35,10 +36,11 @@ class NodeHandle:
     state: str = "stopped"   # running | killed | paused | stopped
     node_id: str = ""
     history: list[dict] = field(default_factory=list)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -59,7 +61,8 @@ class LocalCluster:
     def __init__(self, workdir: Path, *, replicas: int = 3, runners: int = 2, token: str | None = None,
                  heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, lease_ttl: float = 3.0,
                  first_octet: int | None = None, port: int | None = None, extra_args: Sequence[str] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context  # set for TLS nodes (--tls-* in extra_args): talk https
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.replicas = replicas
@@ -96,7 +99,8 @@ class LocalCluster:
         host = f"127.0.{self.first_octet // 256}.{self.first_octet % 256 + i}" if self.first_octet >= 256 else \
             f"127.0.0.{self.first_octet + i}"
         node = NodeHandle(name=f"n{i + 1}", host=host, port=self.port, data_dir=self.workdir / f"n{i + 1}",
-                          log_path=self.workdir / f"n{i + 1}.log")
+                          log_path=self.workdir / f"n{i + 1}.log",
+                          scheme="https" if self.ssl_context else "http")
         self.nodes.append(node)
         return node
 
@@ -135,7 +139,7 @@ class LocalCluster:
         req = urllib.request.Request(node.url + path)
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as r:
             return json.loads(r.read())
 
     def healthy(self, node: NodeHandle) -> bool:

@@ -68,6 +68,10 @@ def cmd_server(args: argparse.Namespace) -> int:
     from .node.app import serve
     from .settings import TLS, NodeSettings, Timing
 
+    from . import config
+    config.apply(config.load(args.config))
+    if not args.token_file and os.environ.get("JOBGRID_TOKEN_FILE"):
+        args.token_file = os.environ["JOBGRID_TOKEN_FILE"]
     pos = args.args
     if len(pos) not in (0, 1, 3):
         raise ConfigError("usage: jobgrid server PORT [HOST PORT]  (or JOBGRID_PORT / JOBGRID_JOIN)")
@@ -93,7 +97,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         replicas=args.replicas or _int_env("JOBGRID_REPLICAS") or 3, token=_read_token(args),
         insecure=args.insecure,
         tls=TLS(cert=_path(args.tls_cert), key=_path(args.tls_key), ca=_path(args.tls_ca)),
-        timing=timing, max_queued=args.max_queued, log_level=level)
+        timing=timing, max_queued=args.max_queued,
+        max_conns_per_client=args.max_conns_per_client, log_level=level)
     if settings.insecure and not settings.token:
         err.print("[bold red]WARNING: --insecure: this node accepts jobs from anyone who can reach "
                   f"{settings.host}:{settings.port}, and jobs run arbitrary code.[/]")
@@ -187,7 +192,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as c:
         done = c.cancel(*args.ids)
     for i in args.ids:
-        out.print(f"{i}: {'cancelled' if i in done else 'not cancelled (running, finished or unknown)'}")
+        out.print(f"{i}: {'cancelled' if i in done else 'not cancelled (already finished or unknown)'}")
     return 0 if len(done) == len(args.ids) else 1
 
 
@@ -243,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lease-ttl", type=float)
     s.add_argument("--job-timeout", type=float, help="default per-job timeout in seconds (300)")
     s.add_argument("--max-queued", type=int, default=1_000_000)
+    s.add_argument("--max-conns-per-client", type=int, default=64,
+                   help="concurrent requests allowed per client IP before 429 (default 64)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--config", help="TOML settings file (default: ./jobgrid.toml if present)")
     s.set_defaults(fn=cmd_server)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
@@ -263,7 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("submit", help="submit a Python script: jobgrid submit SCRIPT [ARGS...]")
     sm.add_argument("script")
-    sm.add_argument("argv", nargs=argparse.REMAINDER)
+    # "*" not REMAINDER, so options after the script (--wait --port P) stay options; script
+    # arguments that start with "-" go after "--": jobgrid submit --wait -- s.py -x
+    sm.add_argument("argv", nargs="*")
     sm.add_argument("--wait", action="store_true", help="wait for the result and print it")
     sm.add_argument("--wait-timeout", type=float, default=None)
     sm.add_argument("--job-timeout", type=float)

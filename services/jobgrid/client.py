@@ -32,7 +32,7 @@ from .protocol import (
     CancelRequest, JobSpec, Result, ServerList, SubmitRequest, SubmitResponse, WaitRequest, WaitResponse,
 )
 
-_WAIT_WINDOW = 2000
+_WAIT_WINDOW = 512
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ class AsyncClient:
         self._submits: GroupCommit[JobSpec, SubmitResponse] = GroupCommit(self._flush_submits, max_items=5000)
         self._closed = False
         self._learned = False
+        self._unacked: dict[str, asyncio.Future] = {}
 
     # ---- transport ---------------------------------------------------------------------------------
     def _sess(self) -> aiohttp.ClientSession:
@@ -199,6 +200,31 @@ class AsyncClient:
         self._ensure_waiter()
         return fut
 
+    def submit_detached(self, spec: JobSpec) -> asyncio.Future:
+        """Submit without waiting for the ack: a failed ack, or later the result, arrives in the future."""
+        fut = asyncio.get_running_loop().create_future()
+        fut.job_id = spec.id  # type: ignore[attr-defined]
+        ack = asyncio.ensure_future(self._submits.submit([spec]))
+        self._unacked[spec.id] = ack
+
+        def acked(a: asyncio.Future) -> None:
+            self._unacked.pop(spec.id, None)
+            err = GridUnavailable("submission cancelled") if a.cancelled() else a.exception()
+            if err is not None:
+                if not fut.done():
+                    fut.set_exception(err)
+                return
+            self._futures.setdefault(spec.id, []).append(fut)
+            self._ensure_waiter()
+        ack.add_done_callback(acked)
+        return fut
+
+    async def _settled(self, ids: Iterable[str]) -> None:
+        """Wait for the acks of detached submissions of these ids, so the grid knows them."""
+        pending = [self._unacked[i] for i in ids if i in self._unacked]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[SubmitResponse]:
         specs = [s for g in groups for s in g]
         retry = False
@@ -261,10 +287,12 @@ class AsyncClient:
             ids = list(self._futures)
             if not ids:
                 break
-            if len(ids) > _WAIT_WINDOW:
-                offset = offset % len(ids)
-                ids = (ids[offset:] + ids[:offset])[:_WAIT_WINDOW]
-                offset += _WAIT_WINDOW
+            if len(ids) > _WAIT_WINDOW:  # the oldest half (they finish next) and a rotating half (no starving)
+                half = _WAIT_WINDOW // 2
+                rest = ids[half:]
+                offset = offset % len(rest)
+                ids = ids[:half] + (rest[offset:] + rest[:offset])[:half]
+                offset += half
             try:
                 resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=ids, timeout=5.0),
                                                       WaitResponse, timeout=self.timeout + 5)
@@ -295,6 +323,7 @@ class AsyncClient:
         return decode_value(await self.wait_result(job_id, timeout))
 
     async def wait_result(self, job_id: str, timeout: float | None = None) -> Result:
+        await self._settled([job_id])
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 10.0 if end is None else max(0.0, min(10.0, end - time.monotonic()))
@@ -308,6 +337,7 @@ class AsyncClient:
                 raise JobTimeout(f"job {job_id} has no result after {timeout} s")
 
     async def status(self, job_id: str) -> dict:
+        await self._settled([job_id])
         return await self._call("GET", f"/jobs/{job_id}", None, dict)
 
     async def servers(self) -> ServerList:
@@ -318,6 +348,7 @@ class AsyncClient:
         return await self._call("GET", f"/jobs{q}", None, list)
 
     async def cancel(self, *job_ids: str) -> list[str]:
+        await self._settled(job_ids)
         out = await self._call("POST", "/jobs/cancel", CancelRequest(ids=list(job_ids)), dict)
         return out["cancelled"]
 
@@ -385,7 +416,18 @@ class JobFuture(concurrent.futures.Future):
             return False
         if not cancelled:
             return False
-        return super().cancel()
+        return _mark_cancelled(self)
+
+
+def _mark_cancelled(f: concurrent.futures.Future) -> bool:
+    """Cancel `f` and wake wait()/as_completed() waiters, once, from whichever thread gets here first."""
+    if not concurrent.futures.Future.cancel(f):
+        return False
+    try:
+        f.set_running_or_notify_cancel()
+    except RuntimeError:
+        pass  # the other thread notified already
+    return True
 
 
 class Client:
@@ -405,14 +447,15 @@ class Client:
     def _run(self, coro, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def _link(self, afut: asyncio.Future) -> JobFuture:
-        cf = JobFuture(self, afut.job_id)  # type: ignore[attr-defined]
+    def _link(self, afut: asyncio.Future, cf: JobFuture | None = None) -> JobFuture:
+        cf = cf or JobFuture(self, afut.job_id)  # type: ignore[attr-defined]
 
         def done(f: asyncio.Future) -> None:
+            exc = None if f.cancelled() else f.exception()  # retrieved even if cf is done already
             if cf.done():
                 return
-            if f.cancelled():
-                cf.set_exception(JobCancelled(f"job {cf.job_id} was cancelled"))
+            if f.cancelled() or isinstance(exc, JobCancelled):
+                _mark_cancelled(cf)  # cancelled on the grid: cf.cancelled() is True
             elif f.exception() is not None:
                 cf.set_exception(f.exception())
             else:
@@ -421,11 +464,17 @@ class Client:
         self._loop.call_soon_threadsafe(afut.add_done_callback, done)
         return cf
 
+    def _submit_detached(self, spec: JobSpec) -> JobFuture:
+        """Return at once; the submission joins the client's next group commit (no round trip per call)."""
+        cf = JobFuture(self, spec.id)
+        self._loop.call_soon_threadsafe(lambda: self._link(self._aio.submit_detached(spec), cf))
+        return cf
+
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> JobFuture:
-        return self._link(self._run(self._aio.submit(fn, *args, **kwargs)))
+        return self._submit_detached(pickle_spec(fn, args, kwargs))
 
     def submit_job(self, fn: Callable, args: Sequence = (), kwargs: dict | None = None, **opts: Any) -> JobFuture:
-        return self._link(self._run(self._aio.submit_job(fn, args, kwargs, **opts)))
+        return self._submit_detached(pickle_spec(fn, args, kwargs or {}, **opts))
 
     def submit_script(self, path_or_source: str | os.PathLike, argv: Sequence[str] = (), **opts: Any) -> JobFuture:
         return self._link(self._run(self._aio.submit_script(path_or_source, argv, **opts)))

@@ -49,7 +49,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
     max_retries: Retries = 0
     retry_on: Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=64)] = []
-    run_at: Seconds | None = None
+    run_at: Annotated[float, msgspec.Meta(ge=0)] | None = None  # epoch seconds (a time, not a duration)
     after: Annotated[list[JobId], msgspec.Meta(max_length=1000)] = []
     result_ttl: Seconds | None = None
 
@@ -228,6 +228,7 @@ class ReportResponse(msgspec.Struct):
     recorded: list[str]
     duplicates: list[str]
     unknown: list[str]
+    cancel: list[str] = []  # renew replies: jobs cancelled on the grid, to be killed by their runner
 
 
 class RenewRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -54,7 +54,8 @@ class Node:
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body,
-                              middlewares=make_middlewares(self.settings.token))
+                              middlewares=make_middlewares(self.settings.token,
+                                                                self.settings.max_conns_per_client))
         app["grid"] = self.grid
         app.add_routes(routes(self.grid, self.extra))
         from ..dashboard import add_dashboard  # noqa: PLC0415 - optional part, kept out of the core
@@ -69,7 +70,8 @@ class Node:
             await self.pool.start()
             self.runner = Runner(self.grid, self.pool, s.runners)
             self.extra["runner"] = self.runner
-        self.web_runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True)
+        self.web_runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True,
+                                        keepalive_timeout=75.0, max_line_size=8190, max_field_size=8190)
         await self.web_runner.setup()
         site = web.TCPSite(self.web_runner, s.host, s.port, ssl_context=server_ssl(s), backlog=1024,
                            reuse_address=True)
@@ -79,6 +81,8 @@ class Node:
         await g.start_membership()
         g.spawn(g.heartbeat_loop(), "heartbeat")
         g.spawn(g.lease_sweeper(), "lease-sweeper")
+        from .controls import dependency_loop  # noqa: PLC0415
+        g.spawn(dependency_loop(g), "dependencies")
         if self.runner is not None:
             g.spawn(self.runner.loop(), "runner")
             g.spawn(self.runner.report_loop(), "reporter")

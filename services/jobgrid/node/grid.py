@@ -19,11 +19,12 @@ from .. import ring as ringmath
 from ..errors import GridUnavailable, ProtocolError
 from ..membership import AddLock, Membership, RingChange, join_backoff
 from ..protocol import (
-    HandoffRequest, Heartbeat, HeartbeatReply, JobRecord, JobSpec, JoinAnnounce, Lease, LockRequest,
+    CancelRequest, HandoffRequest, Heartbeat, HeartbeatReply, JobRecord, JobSpec, JoinAnnounce, Lease, LockRequest,
     LockResponse, LookupRequest, LookupResponse, Member, RenewRequest, ReplicateRequest, ReportRequest, ReportResponse,
     Result, RingState, ServerEntry, ServerList, StealRequest, StealResponse, UnlockRequest,
 )
 from ..settings import NodeSettings
+from . import controls
 from .batching import GroupCommit
 from .metrics import Metrics
 from .peers import PeerError, Peers
@@ -77,6 +78,7 @@ class Grid:
         self._counts_at = 0.0
         self._resync_needed = asyncio.Event()
         self.duplicates_dropped = 0
+        self._beats: dict[str, asyncio.Task] = {}
         self.done_times: deque[float] = deque(maxlen=100_000)
 
     # ---- identity ----------------------------------------------------------------------------------
@@ -325,8 +327,17 @@ class Grid:
         while not self.stopping:
             start = time.monotonic()
             if self.joined.is_set():
-                peers = self.mem.peers()
-                await asyncio.gather(*(self._beat(m) for m in peers))
+                # one beat in flight per peer; a silent peer (paused, cut off) must not hold up the others'
+                # replies, or their contact ages past the fence window and a healthy majority loses quorum
+                beats = []
+                for m in self.mem.peers():
+                    t = self._beats.get(m.id)
+                    if t is None or t.done():
+                        t = self._beats[m.id] = self.spawn(self._beat(m), f"beat-{m.id}")
+                    beats.append(t)
+                if beats:
+                    await asyncio.wait(beats, timeout=self.t.heartbeat_interval)
+                self._beats = {k: v for k, v in self._beats.items() if not v.done()}
                 proposal = self.mem.propose_removals(time.monotonic())
                 if proposal is not None:
                     dead = [m for m in self.mem.ring.members if m not in proposal.members]
@@ -507,6 +518,8 @@ class Grid:
             if owner in members or owner == self.id:
                 continue
             dead = self.departed.get(owner)
+            if owner == self.base_id or owner.startswith(self.base_id + "-"):
+                dead = None  # our own former incarnation: others promoted its jobs; adopt only what nobody has
             if dead is not None:
                 p = self.mem.promoter_for(dead.location)
                 if p is not None and p.id == self.id:
@@ -591,13 +604,14 @@ class Grid:
         self.require_serving()
         now = time.time()
         records = [JobRecord(spec=s, owner=self.id, submitted_at=now,
-                             not_before=s.run_at if s.run_at else 0.0) for g in groups for s in g]
+                             not_before=controls.initial_not_before(s.run_at, s.after)) for g in groups for s in g]
         fresh = set(self.store.put_jobs(records))
         if fresh:
             await self.replicate(ReplicateRequest(sender=self.id, epoch=0,
                                                   jobs=[r for r in records if r.spec.id in fresh]))
             self.metrics.submitted.inc(len(fresh))
-            self._counts_at = 0.0
+            c = self._counts  # count the new jobs in: a recount scans the whole queue (O(queued) per flush)
+            self._counts = {**c, "queued": c["queued"] + len(fresh), "active": c["active"] + len(fresh)}
             self.wake_runner.set()
         return [([s.id for s in g if s.id in fresh], [s.id for s in g if s.id not in fresh]) for g in groups]
 
@@ -620,7 +634,12 @@ class Grid:
         if not self.can_serve():
             return ReportResponse(recorded=[], duplicates=[], unknown=list(req.ids))
         ok = self.store.renew(self.id, req.runner, req.ids, time.time() + self.t.lease_ttl)
-        return ReportResponse(recorded=ok, duplicates=[], unknown=[i for i in req.ids if i not in set(ok)])
+        lost = [i for i in req.ids if i not in set(ok)]
+        return ReportResponse(recorded=ok, duplicates=[], unknown=lost, cancel=self.cancelled_of(lost))
+
+    def cancelled_of(self, ids: list[str]) -> list[str]:
+        """Of `ids`, those cancelled on the grid: their runners should kill them."""
+        return [i for i, r in self.store.get_results(ids).items() if r.state == "cancelled"] if ids else []
 
     async def lease_sweeper(self) -> None:
         while not self.stopping:
@@ -632,7 +651,7 @@ class Grid:
                 self.metrics.lease_expired.inc(len(back))
                 self.event("leases_expired", jobs=len(back))
                 self.wake_runner.set()
-            self.store.expire_results(time.time())
+            await controls.expire_results(self)
 
     # ---- results ----------------------------------------------------------------------------------------
     async def report(self, results: list[Result]) -> ReportResponse:
@@ -712,7 +731,10 @@ class Grid:
         if m is None:
             return None
         if m.id == self.id:
-            return await self.report(results)
+            try:
+                return await self.report(results)
+            except ProtocolError:  # not serving right now (no quorum yet): the caller keeps them and retries
+                return None
         try:
             return await self.peers.call(m.ip, m.port, "/peer/report", ReportRequest(runner=self.id, results=results),
                                          ReportResponse, timeout=10.0)
@@ -733,7 +755,7 @@ class Grid:
             have = self.store.get_results(ids)
             if have:
                 return list(have.values()), []
-            local = self.store.get_jobs(ids)
+            local = self.store.known_ids(ids)
             missing = [i for i in ids if i not in local]
             if missing and not remote_checked and self.mem.peers():
                 remote_checked = True
@@ -755,6 +777,8 @@ class Grid:
                 self.waiters[i].add(ev)
             try:
                 await asyncio.wait_for(ev.wait(), timeout=min(left, 1.0 if missing else left))
+                if len(ids) > 1:  # let results of a batch gather: one reply (and one query) for many
+                    await asyncio.sleep(0.005 if len(ids) <= 64 else 0.02)
             except TimeoutError:
                 if missing:
                     remote_checked = False
@@ -767,21 +791,55 @@ class Grid:
                             self.waiters.pop(i, None)
 
     # ---- cancellation --------------------------------------------------------------------------------------
-    async def cancel(self, ids: list[str]) -> list[str]:
+    async def cancel(self, ids: list[str], forward: bool = True) -> list[str]:
+        """Cancel queued and running jobs: the owner records a cancelled result (first wins) and the
+        runner holding a lease learns it on its next renew and kills the job's worker."""
         self.require_serving()
         jobs = self.store.get_jobs(ids)
-        mine = [rec for rec, state in jobs.values() if rec.owner == self.id and state == "queued"]
+        mine = [rec for rec, state in jobs.values() if rec.owner == self.id and state in ("queued", "leased")]
+        elsewhere = [i for i in ids if i not in {r.spec.id for r in mine}]
+        forwarded = await self._forward_cancel(elsewhere, jobs) if forward and elsewhere else []
         now = time.time()
-        res = [Result(job_id=r.spec.id, state="cancelled", error="cancelled before it ran", node=self.id,
+        res = [Result(job_id=r.spec.id, state="cancelled", node=self.id,
+                      error="cancelled while running" if r.state == "leased" else "cancelled before it ran",
                       attempts=r.attempts, submitted_at=r.submitted_at, finished_at=now) for r in mine]
         if not res:
-            return []
+            return forwarded
         recorded, _, _ = self.store.record_results(self.id, res)
+        for r in recorded:
+            self.log.info("job_cancelled", job_id=r.job_id, error=r.error)
         if recorded:
             self.metrics.cancelled.inc(len(recorded))
             await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=recorded))
             self._notify([r.job_id for r in recorded])
-        return [r.job_id for r in recorded]
+        return [r.job_id for r in recorded] + forwarded
+
+    async def _forward_cancel(self, ids: list[str], held: dict) -> list[str]:
+        """Ask the owners of `ids` (known from our replicas or a lookup) to cancel them."""
+        owners: dict[str, list[str]] = defaultdict(list)
+        unknown = [i for i in ids if i not in held]
+        found = {}
+        if unknown and self.mem.peers():
+            try:
+                found = await self.lookup_everywhere(unknown)
+            except GridUnavailable:
+                found = {}
+        for i in ids:
+            rec = held[i][0] if i in held else found.get(i)
+            if isinstance(rec, JobRecord) and rec.owner != self.id:
+                owners[rec.owner].append(i)
+        out: list[str] = []
+        for owner, some in owners.items():
+            m = self.mem.member(owner)
+            if m is None:
+                continue
+            try:
+                got = await self.peers.call(m.ip, m.port, "/jobs/cancel?forwarded=1", CancelRequest(ids=some),
+                                            dict, timeout=5.0)
+                out += got.get("cancelled", [])
+            except (PeerError, ProtocolError):
+                pass
+        return out
 
     # ---- stopping ----------------------------------------------------------------------------------------------
     async def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ log = structlog.get_logger("jobgrid.http")
 
 PUBLIC = frozenset({"/healthz"})
 COOKIE = "jobgrid_token"
+BODY_TIMEOUT = 30.0  # seconds for a client to send its whole body (slow-client guard)
 _job_id_type = msgspec.json.Decoder(JobId)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -46,7 +48,11 @@ async def body(request: web.Request, typ: type) -> Any:
     ct = request.content_type
     if ct not in (JSON, MSGPACK):
         raise ProtocolError(f"Content-Type must be {JSON} or {MSGPACK}, got {ct or 'none'}", 415)
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            raw = await request.read()
+    except TimeoutError:
+        raise ProtocolError(f"request body not received within {BODY_TIMEOUT:.0f} s", 408) from None
     if not raw:
         raise ProtocolError("empty request body", 400)
     try:
@@ -57,8 +63,28 @@ async def body(request: web.Request, typ: type) -> Any:
         raise ProtocolError(describe_error(e), 400) from None
 
 
-def make_middlewares(token: str | None) -> list:
+def make_middlewares(token: str | None, max_conns_per_client: int | None = None) -> list:
     secret = token.encode() if token else None
+    in_flight: dict[str, int] = {}
+
+    @web.middleware
+    async def per_client_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """At most `max_conns_per_client` requests in flight per client IP; above that 429."""
+        peer = request.remote or "?"
+        if max_conns_per_client is None or request.path in PUBLIC:
+            return await handler(request)
+        if in_flight.get(peer, 0) >= max_conns_per_client:
+            return error(request, 429, f"too many concurrent requests from {peer} "
+                         f"(limit {max_conns_per_client}); retry later", **{"Retry-After": "1"})
+        in_flight[peer] = in_flight.get(peer, 0) + 1
+        try:
+            return await handler(request)
+        finally:
+            left = in_flight[peer] - 1
+            if left:
+                in_flight[peer] = left
+            else:
+                del in_flight[peer]
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -72,7 +98,7 @@ def make_middlewares(token: str | None) -> list:
                 return error(request, 401, "missing or wrong cluster token (Authorization: Bearer <token>)",
                              **{"WWW-Authenticate": "Bearer"})
             if url_token and request.method == "GET":  # the dashboard link: move the token to a cookie
-                resp = web.HTTPFound(request.rel_url.without_query("token"))
+                resp = web.HTTPFound(request.rel_url.without_query_params("token"))
                 resp.set_cookie(COOKIE, url_token, httponly=True, samesite="Strict")
                 return resp
         try:
@@ -97,7 +123,7 @@ def make_middlewares(token: str | None) -> list:
             log.exception("internal_error", path=request.path)
             return error(request, 500, f"internal error ({type(e).__name__}); see the node's log")
 
-    return [guard]
+    return [per_client_cap, guard]
 
 
 def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
@@ -167,7 +193,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def cancel(request: web.Request) -> web.Response:
         req: CancelRequest = await body(request, CancelRequest)
-        done = await grid.cancel(req.ids)
+        done = await grid.cancel(req.ids, forward="forwarded" not in request.query)
         return reply(request, {"cancelled": done})
 
     async def state(request: web.Request) -> web.Response:

@@ -40,7 +40,9 @@ class Runner:
         g = self.grid
         while not g.stopping:
             if self.free > 0 and g.joined.is_set() and g.can_serve():
-                leases = g.lease_local(g.id, self.free)
+                # prefetch up to `size` more local jobs: they wait for a worker in the pool, so short
+                # jobs need one lease transaction per batch instead of one per job
+                leases = g.lease_local(g.id, self.free + self.size)
                 if leases:
                     g._counts_at = 0.0
                     self._dispatch(leases, g.id)
@@ -97,6 +99,8 @@ class Runner:
         try:
             result = await self.pool.run(rec, timeout=timeout)
         except asyncio.CancelledError:
+            self.running.pop(rec.spec.id, None)
+            g.metrics.busy.set(len(self.running))
             raise
         except Exception as e:  # noqa: BLE001 - the pool failed, not the job: let the lease lapse
             log.error("pool_failed", job_id=rec.spec.id, error=repr(e))
@@ -118,9 +122,13 @@ class Runner:
             self.outbox_event.clear()
             pending = {o: rs for o, rs in self.outbox.items() if rs}
             self.outbox.clear()
-            outcomes = await asyncio.gather(*(self._deliver(o, rs) for o, rs in pending.items()))
+            outcomes = await asyncio.gather(*(self._deliver(o, rs) for o, rs in pending.items()),
+                                            return_exceptions=True)
             retry = False
             for (owner, rs), left in zip(pending.items(), outcomes):
+                if isinstance(left, BaseException):  # never lose a result to an error: keep it, retry
+                    log.warning("report_failed", owner=owner, error=repr(left))
+                    left = rs
                 if left:
                     self.outbox[owner].extend(left)
                     retry = True
@@ -179,16 +187,27 @@ class Runner:
             for owner, ids in by_owner.items():
                 if owner == g.id:
                     if g.can_serve():
-                        g.store.renew(g.id, g.id, ids, time.time() + g.t.lease_ttl)
+                        ok = g.store.renew(g.id, g.id, ids, time.time() + g.t.lease_ttl)
+                        self.kill(g.cancelled_of([i for i in ids if i not in set(ok)]))
                     continue
                 m = g.mem.member(owner)
                 if m is None:
                     continue
                 try:
-                    await g.peers.call(m.ip, m.port, "/peer/renew", RenewRequest(runner=g.id, ids=ids),
-                                       ReportResponse, timeout=g.t.lease_ttl / 3)
+                    resp = await g.peers.call(m.ip, m.port, "/peer/renew", RenewRequest(runner=g.id, ids=ids),
+                                              ReportResponse, timeout=g.t.lease_ttl / 3)
+                    self.kill(resp.cancel)
                 except Exception:  # noqa: BLE001 - the owner may be gone; its lease will lapse
                     pass
+
+    def kill(self, ids: list[str]) -> None:
+        """Stop running jobs cancelled on the grid: cancelling the task kills the job's worker."""
+        for jid in ids:
+            held = self.running.pop(jid, None)
+            if held is not None:
+                log.info("job_killed_cancelled", job_id=jid, node=self.grid.id)
+                held[1].cancel()
+        self.grid.metrics.busy.set(len(self.running))
 
     def snapshot(self) -> list[dict]:
         return self.pool.snapshot()

@@ -245,6 +245,7 @@ class Store:
                         [(r.job_id, owner, r.state, now, _enc.encode(r)) for r in results])
             ids = list(drop) + [r.job_id for r in results]
             self._write("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+            self._write("DELETE FROM results WHERE job_id=? AND owner=?", [(i, owner) for i in drop])  # expired
 
     def get_results(self, ids: Sequence[str]) -> dict[str, Result]:
         out: dict[str, Result] = {}
@@ -253,6 +254,14 @@ class Store:
             for job_id, blob in self.db.execute(
                     f"SELECT job_id, result FROM results WHERE job_id IN ({marks})", chunk):
                 out[job_id] = _dec_result.decode(blob)
+        return out
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of these ids are in the jobs table (no record decoding: the result-wait hot path)."""
+        out: set[str] = set()
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            out.update(i for (i,) in self.db.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
         return out
 
     def get_jobs(self, ids: Sequence[str]) -> dict[str, tuple[JobRecord, str]]:
