@@ -1,0 +1,144 @@
+"""What every harness backend offers, and the fault helpers shared by both.
+
+Both `harness.local.LocalCluster` (processes on 127.0.0.x) and `harness.docker_backend.DockerCluster`
+(containers on an internal bridge network) implement `Backend`. Partitions are expressed here as a set
+of cut links ("a cannot talk to b, both ways"), which covers non-transitive shapes such as a bridge or
+a ring of majorities, not only disjoint groups.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import HarnessError
+
+PARTITIONS = ("halves", "one", "bridge", "majorities-ring")
+
+
+@runtime_checkable
+class NodeLike(Protocol):
+    name: str
+    host: str
+    port: int
+    state: str
+    node_id: str
+
+    @property
+    def url(self) -> str: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    backend: str
+    nodes: list
+    token: str | None
+    faults: list[dict]
+
+    def add_node(self) -> Any: ...
+    def start(self, node: Any, join: Any = None) -> Any: ...
+    def up(self, n: int, *, timeout: float = 60.0, together: bool = False) -> list: ...
+    def live(self) -> list: ...
+    def get(self, node: Any, path: str, timeout: float = 2.0) -> dict | list: ...
+    def healthy(self, node: Any) -> bool: ...
+    def wait_healthy(self, node: Any, timeout: float = 30.0) -> None: ...
+    def converged(self, nodes: Sequence[Any] | None = None) -> bool: ...
+    def wait_converged(self, timeout: float = 30.0, nodes: Sequence[Any] | None = None) -> float: ...
+    def states(self) -> dict[str, dict]: ...
+    def kill(self, node: Any) -> None: ...
+    def pause(self, node: Any) -> None: ...
+    def resume(self, node: Any) -> None: ...
+    def restart(self, node: Any, timeout: float = 60.0) -> None: ...
+    def partition(self, groups: Sequence[Sequence[Any]]) -> None: ...
+    def heal(self) -> None: ...
+    def stop(self) -> None: ...
+    def log_tail(self, node: Any, lines: int = 30) -> str: ...
+
+
+# ---- partition shapes ---------------------------------------------------------------------------------
+def cut_links(kind: str, nodes: Sequence[Any]) -> set[tuple[str, str]]:
+    """The links (pairs of node names, both orders) a partition of this kind cuts."""
+    names = [n.name for n in nodes]
+    k = len(names)
+    if k < 2:
+        raise HarnessError("a partition needs at least two nodes")
+    cut: set[tuple[str, str]] = set()
+
+    def between(a: Sequence[str], b: Sequence[str]) -> None:
+        for x in a:
+            for y in b:
+                if x != y:
+                    cut.add((x, y))
+                    cut.add((y, x))
+
+    if kind == "halves":
+        between(names[:k // 2], names[k // 2:])
+    elif kind == "one":
+        between(names[:1], names[1:])
+    elif kind == "bridge":  # two halves that both still see the middle node
+        mid = k // 2
+        between(names[:mid], names[mid + 1:])
+    elif kind == "majorities-ring":  # each node sees a majority (its ring neighbours), no two the same one
+        r = -(-(k // 2) // 2)  # 2r+1 >= k//2+1
+        for i, x in enumerate(names):
+            for j, y in enumerate(names):
+                if i != j and min((i - j) % k, (j - i) % k) > r:
+                    cut.add((x, y))
+    else:
+        raise HarnessError(f"unknown partition {kind!r}; choose one of {', '.join(PARTITIONS)}")
+    return cut
+
+
+def groups_of(kind: str, nodes: Sequence[Any]) -> list[list[str]]:
+    """A human-readable description of the partition: who still sees whom."""
+    cut = cut_links(kind, nodes)
+    return [[n.name] + [m.name for m in nodes if m is not n and (n.name, m.name) not in cut] for n in nodes]
+
+
+def apply_partition(cluster: Any, kind: str) -> dict:
+    """Cut the links of a partition of this kind among the cluster's nodes. Returns the fault record."""
+    nodes = list(cluster.nodes)
+    cut = cut_links(kind, nodes)
+    if hasattr(cluster, "cut"):
+        cluster.cut(cut)
+    else:
+        _local_cut(cluster, cut)
+    rec = {"kind": "partition", "shape": kind, "sees": groups_of(kind, nodes), "at": time.time()}
+    cluster.faults.append(rec)
+    return rec
+
+
+def _local_cut(cluster: Any, cut: set[tuple[str, str]]) -> None:
+    """LocalCluster: DROP on the loopback by source/destination address in the cluster's own chain."""
+    if os.geteuid() != 0:
+        raise HarnessError("partitions on the local backend need root (iptables)")
+    if shutil.which("iptables") is None:
+        raise HarnessError("iptables is not installed (apt-get install iptables)")
+    by_name = {n.name: n for n in cluster.nodes}
+    ipt = cluster._ipt
+    if not cluster._chain_made:
+        ipt("-N", cluster.chain, check=False)
+        if ipt("-C", "INPUT", "-j", cluster.chain, check=False).returncode != 0:
+            ipt("-I", "INPUT", "1", "-j", cluster.chain)
+        cluster._chain_made = True
+    ipt("-F", cluster.chain)
+    for a, b in sorted(cut):
+        ipt("-A", cluster.chain, "-s", by_name[a].host, "-d", by_name[b].host, "-j", "DROP")
+
+
+def netem_available() -> bool:
+    """Whether this kernel has the netem qdisc (tc ... netem)."""
+    if os.path.isdir("/sys/module/sch_netem"):
+        return True
+    if shutil.which("modprobe"):
+        r = subprocess.run(["modprobe", "-n", "sch_netem"], capture_output=True)
+        return r.returncode == 0
+    return False
+
+
+NETEM_MISSING = ("netem is not available in this kernel (tc qdisc ... netem: 'Specified qdisc kind is unknown'); "
+                 "latency faults cannot be injected here. Use kill, pause or partition instead.")

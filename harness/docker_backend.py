@@ -1,0 +1,366 @@
+"""The `docker` backend: one container per node on an `internal` bridge network of the cluster's own.
+
+* network: ``jobgrid-<cluster>``, internal (no route out), a /24 of its own so every node gets a fixed
+  address (the host is attached to the bridge, so it reaches the nodes at those addresses);
+* nodes: containers from ``jobgrid-node:latest``, env JOBGRID_PORT/ADVERTISE/JOIN/REPLICAS/TOKEN/...,
+  ``cap_add=NET_ADMIN``, a named volume per node on /data (a restart keeps its queues);
+* labels ``jobgrid.harness=<cluster>`` on everything, so `down` (and `remove_cluster`) find it all;
+* faults: kill = SIGKILL, pause = cgroup freezer, restart = a fresh container on the same volume
+  joining a live node, partition = iptables DROP rules in a JOBGRID chain inside each node's namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import NETEM_MISSING
+from .errors import HarnessError
+from .images import NODE_TAG, docker_client
+
+LABEL = "jobgrid.harness"
+CHAIN = "JOBGRID"
+PORT = 8000
+
+
+@dataclass
+class DockerNode:
+    name: str
+    host: str
+    port: int
+    container: str        # container name
+    volume: str
+    state: str = "stopped"
+    node_id: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+def _subnet_for(client: Any, cluster: str) -> str:
+    """A free 172.30-31.x.0/24 (deterministic first guess from the name)."""
+    used = set()
+    for net in client.networks.list():
+        for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            used.add(cfg.get("Subnet"))
+    start = int.from_bytes(cluster.encode(), "little") % 500
+    for k in range(500):
+        i = (start + k) % 500
+        subnet = f"172.{30 + i // 250}.{i % 250}.0/24"
+        if subnet not in used:
+            return subnet
+    raise HarnessError("no free 172.30-31.x.0/24 subnet for the cluster network")
+
+
+class DockerCluster:
+    """N containers; `stop()` removes every container, the network and the volumes."""
+
+    backend = "docker"
+
+    def __init__(self, name: str | None = None, *, replicas: int = 3, runners: int = 2, token: str | None = None,
+                 heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, image: str = NODE_TAG,
+                 keep_volumes: bool = False) -> None:
+        self.client = docker_client()
+        self.name = name or f"jg{secrets.token_hex(3)}"
+        self.replicas = replicas
+        self.runners = runners
+        self.token = token or secrets.token_urlsafe(24)
+        self.heartbeat_interval = heartbeat_interval
+        self.failure_timeout = failure_timeout
+        self.image = image
+        self.keep_volumes = keep_volumes
+        self.network = f"jobgrid-{self.name}"
+        self.subnet = ""
+        self.nodes: list[DockerNode] = []
+        self.faults: list[dict] = []
+        self.labels = {LABEL: self.name}
+
+    # ---- state save/restore (for the CLI) ----------------------------------------------------------------
+    def to_state(self) -> dict:
+        return {"backend": "docker", "name": self.name, "replicas": self.replicas, "runners": self.runners,
+                "token": self.token, "network": self.network, "subnet": self.subnet,
+                "heartbeat_interval": self.heartbeat_interval, "failure_timeout": self.failure_timeout,
+                "nodes": [vars(n) for n in self.nodes]}
+
+    @classmethod
+    def from_state(cls, st: dict) -> DockerCluster:
+        c = cls(st["name"], replicas=st["replicas"], runners=st["runners"], token=st["token"],
+                heartbeat_interval=st["heartbeat_interval"], failure_timeout=st["failure_timeout"])
+        c.subnet = st["subnet"]
+        c.nodes = [DockerNode(**n) for n in st["nodes"]]
+        for n in c.nodes:  # the truth is what docker says
+            try:
+                ct = c.client.containers.get(n.container)
+                n.state = {"running": "running", "paused": "paused"}.get(ct.status, "killed")
+            except Exception:  # noqa: BLE001
+                n.state = "stopped"
+        return c
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    def _ensure_network(self) -> None:
+        from docker.types import IPAMConfig, IPAMPool  # noqa: PLC0415
+        if self.subnet:
+            return
+        self.subnet = _subnet_for(self.client, self.name)
+        self.client.networks.create(self.network, driver="bridge", internal=True, labels=self.labels,
+                                    ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=self.subnet)]))
+
+    def add_node(self) -> DockerNode:
+        self._ensure_network()
+        i = len(self.nodes)
+        base = self.subnet.rsplit(".", 1)[0]
+        node = DockerNode(name=f"n{i + 1}", host=f"{base}.{10 + i}", port=PORT,
+                          container=f"{self.name}-n{i + 1}", volume=f"{self.name}-n{i + 1}-data")
+        self.nodes.append(node)
+        return node
+
+    def start(self, node: DockerNode, join: DockerNode | None = None) -> DockerNode:
+        api = self.client.api
+        try:  # a fresh container each time (the join address must name a live node); the volume stays
+            self.client.containers.get(node.container).remove(force=True)
+        except Exception:  # noqa: BLE001 - not there
+            pass
+        env = {"JOBGRID_PORT": str(PORT), "JOBGRID_HOST": "0.0.0.0", "JOBGRID_ADVERTISE": node.host,
+               "JOBGRID_REPLICAS": str(self.replicas), "JOBGRID_TOKEN": self.token,
+               "JOBGRID_RUNNERS": str(self.runners), "JOBGRID_HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
+               "JOBGRID_FAILURE_TIMEOUT": str(self.failure_timeout)}
+        if join is not None:
+            env["JOBGRID_JOIN"] = f"{join.host}:{join.port}"
+        try:
+            self.client.volumes.get(node.volume)
+        except Exception:  # noqa: BLE001
+            self.client.volumes.create(node.volume, labels=self.labels)
+        host_config = api.create_host_config(cap_add=["NET_ADMIN"], network_mode=self.network,
+                                             binds={node.volume: {"bind": "/data", "mode": "rw"}})
+        net_config = api.create_networking_config({self.network: api.create_endpoint_config(ipv4_address=node.host)})
+        try:
+            ct = api.create_container(self.image, command=[str(PORT)], name=node.container, environment=env,
+                                      labels={**self.labels, "jobgrid.node": node.name}, host_config=host_config,
+                                      networking_config=net_config)
+            api.start(ct["Id"])
+        except Exception as e:  # noqa: BLE001
+            raise HarnessError(f"cannot start container for {node.name}: {e}") from e
+        node.state = "running"
+        return node
+
+    def up(self, n: int, *, timeout: float = 60.0, together: bool = False) -> list[DockerNode]:
+        first = self.start(self.add_node())
+        self.wait_healthy(first, timeout)
+        others = [self.add_node() for _ in range(n - 1)]
+        for node in others:
+            self.start(node, join=first)
+            if not together:
+                self.wait_healthy(node, timeout)
+        for node in others:
+            self.wait_healthy(node, timeout)
+        self.wait_converged(timeout)
+        return self.nodes
+
+    def live(self) -> list[DockerNode]:
+        return [n for n in self.nodes if n.state == "running"]
+
+    # ---- observing ---------------------------------------------------------------------------------------
+    def get(self, node: DockerNode, path: str, timeout: float = 2.0) -> dict | list:
+        req = urllib.request.Request(node.url + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def healthy(self, node: DockerNode) -> bool:
+        try:
+            return bool(self.get(node, "/healthz", 1.0).get("ok"))  # type: ignore[union-attr]
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def _status(self, node: DockerNode) -> str:
+        try:
+            return self.client.containers.get(node.container).status
+        except Exception:  # noqa: BLE001
+            return "missing"
+
+    def wait_healthy(self, node: DockerNode, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.healthy(node):
+                node.node_id = self.get(node, "/state")["id"]  # type: ignore[index]
+                return
+            if self._status(node) in ("exited", "dead", "missing"):
+                raise HarnessError(f"{node.name} exited; log tail:\n" + self.log_tail(node))
+            time.sleep(0.1)
+        raise HarnessError(f"{node.name} not healthy after {timeout} s; log tail:\n" + self.log_tail(node))
+
+    def log_tail(self, node: DockerNode, lines: int = 30) -> str:
+        try:
+            return self.client.containers.get(node.container).logs(tail=lines).decode(errors="replace")
+        except Exception:  # noqa: BLE001
+            return ""
+
+    def logs(self, node: DockerNode) -> str:
+        return self.log_tail(node, lines=100000)
+
+    def server_lists(self, nodes: Iterable[DockerNode] | None = None) -> dict[str, dict]:
+        out = {}
+        for n in nodes if nodes is not None else self.live():
+            try:
+                out[n.name] = self.get(n, "/servers")
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+        return out
+
+    def converged(self, nodes: Sequence[DockerNode] | None = None) -> bool:
+        nodes = list(nodes) if nodes is not None else self.live()
+        lists = self.server_lists(nodes)
+        if len(lists) != len(nodes):
+            return False
+        want = {(n.host, n.port) for n in nodes}
+        views = set()
+        for sl in lists.values():
+            members = frozenset((s["ip"], s["port"], s["id"], s["location"]) for s in sl["servers"])  # type: ignore
+            if {(m[0], m[1]) for m in members} != want:
+                return False
+            views.add((sl["epoch"], members))  # type: ignore[index]
+        return len(views) == 1
+
+    def wait_converged(self, timeout: float = 30.0, nodes: Sequence[DockerNode] | None = None) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.converged(nodes):
+                for n in nodes if nodes is not None else self.live():
+                    n.node_id = self.get(n, "/state")["id"]  # type: ignore[index]
+                return time.monotonic() - start
+            time.sleep(0.1)
+        raise HarnessError(f"ring did not converge within {timeout} s: {self.server_lists(nodes)}")
+
+    def states(self) -> dict[str, dict]:
+        out = {}
+        for n in self.live():
+            try:
+                out[n.name] = self.get(n, "/state")
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+        return out
+
+    # ---- faults ------------------------------------------------------------------------------------------
+    def _ct(self, node: DockerNode) -> Any:
+        try:
+            return self.client.containers.get(node.container)
+        except Exception as e:  # noqa: BLE001
+            raise HarnessError(f"{node.name}: no container {node.container}") from e
+
+    def kill(self, node: DockerNode) -> None:
+        if node.state != "running":
+            raise HarnessError(f"{node.name} is not running")
+        self._ct(node).kill("SIGKILL")
+        node.state = "killed"
+        self.faults.append({"kind": "kill", "node": node.name, "at": time.time()})
+
+    def pause(self, node: DockerNode) -> None:
+        self._ct(node).pause()
+        node.state = "paused"
+        self.faults.append({"kind": "pause", "node": node.name, "at": time.time()})
+
+    def resume(self, node: DockerNode) -> None:
+        self._ct(node).unpause()
+        node.state = "running"
+        self.faults.append({"kind": "resume", "node": node.name, "at": time.time()})
+
+    def restart(self, node: DockerNode, timeout: float = 60.0) -> None:
+        """A new container on the node's volume, joining through a live node."""
+        contact = next((n for n in self.live() if n is not node), None)
+        self.start(node, join=contact)
+        self.wait_healthy(node, timeout)
+        self.faults.append({"kind": "restart", "node": node.name, "at": time.time()})
+
+    def _exec(self, node: DockerNode, *cmd: str, check: bool = True) -> tuple[int, str]:
+        code, out = self._ct(node).exec_run(list(cmd), user="root")
+        text = out.decode(errors="replace") if out else ""
+        if check and code != 0:
+            raise HarnessError(f"{node.name}: {' '.join(cmd)} failed: {text.strip()}")
+        return code, text
+
+    def _chain(self, node: DockerNode) -> None:
+        self._exec(node, "iptables", "-w", "-N", CHAIN, check=False)
+        if self._exec(node, "iptables", "-w", "-C", "INPUT", "-j", CHAIN, check=False)[0] != 0:
+            self._exec(node, "iptables", "-w", "-I", "INPUT", "1", "-j", CHAIN)
+        self._exec(node, "iptables", "-w", "-F", CHAIN)
+
+    def cut(self, links: set[tuple[str, str]]) -> None:
+        """Drop traffic for each (a, b): rules in b's namespace drop packets from a. Idempotent (flush first)."""
+        by_name = {n.name: n for n in self.nodes}
+        for n in self.nodes:
+            if n.state not in ("running", "paused"):
+                continue
+            if n.state == "paused":
+                raise HarnessError(f"{n.name} is paused; resume it before partitioning")
+            self._chain(n)
+            for a, b in sorted(links):
+                if b == n.name:
+                    self._exec(n, "iptables", "-w", "-A", CHAIN, "-s", by_name[a].host, "-j", "DROP")
+
+    def partition(self, groups: Sequence[Sequence[DockerNode]]) -> None:
+        links = set()
+        for gi, a in enumerate(groups):
+            for gj, b in enumerate(groups):
+                if gi != gj:
+                    links |= {(x.name, y.name) for x in a for y in b}
+        self.cut(links)
+        self.faults.append({"kind": "partition", "groups": [[n.name for n in g] for g in groups], "at": time.time()})
+
+    def heal(self) -> None:
+        for n in self.live():
+            self._exec(n, "iptables", "-w", "-F", CHAIN, check=False)
+        self.faults.append({"kind": "heal", "at": time.time()})
+
+    def delay(self, ms: int) -> None:
+        for n in self.live():
+            code, out = self._exec(n, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
+                                   f"{ms}ms", check=False)
+            if code != 0:
+                if "unknown" in out.lower() or "netem" in out.lower():
+                    raise HarnessError(NETEM_MISSING)
+                raise HarnessError(f"{n.name}: tc netem failed: {out.strip()}")
+        self.faults.append({"kind": "delay", "ms": ms, "at": time.time()})
+
+    def stop(self) -> None:
+        """Remove every container, the network and (unless keep_volumes) the volumes. Safe twice."""
+        remove_cluster(self.client, self.name, volumes=not self.keep_volumes)
+        for n in self.nodes:
+            n.state = "stopped"
+
+    def __enter__(self) -> DockerCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def remove_cluster(client: Any, name: str | None = None, *, volumes: bool = True) -> int:
+    """Remove everything labelled for cluster `name` (every harness cluster when None). Returns a count."""
+    flt = {"label": f"{LABEL}={name}" if name else LABEL}
+    count = 0
+    for ct in client.containers.list(all=True, filters=flt):
+        try:
+            ct.remove(force=True, v=True)
+            count += 1
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    for net in client.networks.list(filters=flt):
+        try:
+            net.remove()
+            count += 1
+        except Exception:  # noqa: BLE001
+            pass
+    if volumes:
+        for vol in client.volumes.list(filters=flt):
+            try:
+                vol.remove(force=True)
+                count += 1
+            except Exception:  # noqa: BLE001
+                pass
+    return count

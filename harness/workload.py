@@ -1,0 +1,379 @@
+"""Workloads, nemesis schedules, drain and the run report (history, verdict, plots).
+
+Used by `harness submit`, `harness run` and the harness tests. Every client op is recorded in a
+jobgrid.history.HistoryRecorder and the run is judged by jobgrid.history.check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from jobgrid import examples
+from jobgrid.client import AsyncClient, pickle_spec, script_spec
+from jobgrid.errors import JobCancelled, JobFailed, JobgridError, RemoteError
+from jobgrid.history import HistoryRecorder, check
+
+from .backend import NETEM_MISSING, apply_partition, netem_available
+from .errors import HarnessError
+
+KINDS = ("noop", "sleep", "cpu", "fail", "script", "mix")
+
+
+def make_spec(kind: str, i: int, rng: random.Random):
+    if kind == "mix":
+        kind = ("noop", "sleep", "cpu", "script")[i % 4]
+    if kind == "noop":
+        return pickle_spec(examples.noop, (i,), {})
+    if kind == "sleep":
+        return pickle_spec(examples.sleep, (round(rng.uniform(0.05, 0.3), 3), i), {})
+    if kind == "cpu":
+        return pickle_spec(examples.busy, (rng.randint(5, 30),), {})
+    if kind == "fail":
+        return pickle_spec(examples.fail, (f"job {i} fails on purpose",), {})
+    if kind == "script":
+        return script_spec(f"print({i} * 2)\n", name="harness-script")
+    raise HarnessError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def _value(fut: asyncio.Future) -> Any:
+    exc = fut.exception()
+    if exc is not None:
+        return {"error": type(exc).__name__}
+    v = fut.result()
+    if hasattr(v, "stdout"):
+        return {"stdout": v.stdout.strip(), "exit": v.exit_code}
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return repr(v)
+
+
+async def workload(addresses: Sequence[str], token: str | None, recorder: HistoryRecorder, *, jobs: int,
+                   kind: str = "noop", rate: float | None = None, drain_timeout: float = 120.0,
+                   on_progress: Callable[[int, int], None] | None = None, seed: int = 1,
+                   stop_submitting: threading.Event | None = None) -> dict:
+    """Submit `jobs` jobs (at `rate` per second when given), then wait for results up to drain_timeout.
+
+    Records invoke/ok/info for each submit and a read (delivery) for each result that arrives.
+    Returns timing data: submit latencies and completion times (monotonic).
+    """
+    rng = random.Random(seed)
+    acked: dict[str, asyncio.Future] = {}
+    unknown: list[str] = []
+    latencies: list[tuple[float, float]] = []
+    completions: list[float] = []
+    done = 0
+    proc = "c1"
+    no_result: dict[str, str] = {}   # acknowledged jobs whose future ended without a result, and why
+
+    addrs = list(addresses)
+    # one client per node, each trying its own node first: jobs are owned by the node that takes them,
+    # so this spreads the queues over the whole grid (every client fails over to the others)
+    clients = [AsyncClient(addrs[k:] + addrs[:k], token=token, timeout=30.0) for k in range(len(addrs))]
+    client = clients[0]
+    try:
+
+        def on_done(jid: str, fut: asyncio.Future) -> None:
+            nonlocal done
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if isinstance(exc, JobgridError) and not isinstance(exc, (JobFailed, RemoteError, JobCancelled)):
+                no_result[jid] = type(exc).__name__
+                return  # no result reached us (unknown job, grid unavailable): not a completion
+            recorder.ok(proc, "read", jid, value=_value(fut), delivery=True)
+            completions.append(time.monotonic())
+            done += 1
+            if on_progress:
+                on_progress(len(acked), done)
+
+        async def one(i: int) -> None:
+            spec = make_spec(kind, i, rng)
+            recorder.invoke(proc, "submit", spec.id)
+            t0 = time.monotonic()
+            try:
+                fut = await clients[i % len(clients)].submit_spec(spec)
+            except Exception as e:  # noqa: BLE001 - outcome unknown (timeouts, failover exhausted)
+                recorder.info(proc, "submit", spec.id, error=str(e)[:200])
+                unknown.append(spec.id)
+                return
+            latencies.append((t0, time.monotonic() - t0))
+            recorder.ok(proc, "submit", spec.id)
+            acked[spec.id] = fut
+            fut.add_done_callback(lambda f, jid=spec.id: on_done(jid, f))
+            if on_progress:
+                on_progress(len(acked), done)
+
+        tasks = []
+        start = time.monotonic()
+        for i in range(jobs):
+            if stop_submitting is not None and stop_submitting.is_set():
+                break
+            if rate:
+                delay = start + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+            if not rate and len(tasks) % 200 == 0:
+                await asyncio.sleep(0)
+        await asyncio.gather(*tasks)
+        # drain: every acknowledged job gets a result or the deadline passes
+        end = time.monotonic() + drain_timeout
+        pending = [f for f in acked.values() if not f.done()]
+        while pending and time.monotonic() < end:
+            await asyncio.wait(pending, timeout=min(1.0, max(0.05, end - time.monotonic())))
+            pending = [f for f in acked.values() if not f.done()]
+        # final read (as Jepsen does): acknowledged jobs whose future never resolved, asked afresh of the
+        # whole grid through a new client; counted separately so the report shows how many needed it
+        still = [jid for jid, f in acked.items() if not f.done() or jid in no_result]
+        final_reads = 0
+        if still:
+            async with AsyncClient(addrs, token=token, timeout=10.0) as fresh:
+                for jid in still:
+                    try:
+                        res = await fresh.wait_result(jid, timeout=3.0)
+                    except Exception:  # noqa: BLE001 - no result anywhere: the checker calls it lost
+                        continue
+                    if res is not None:
+                        recorder.ok(proc, "read", jid, value=res.state, delivery=False, final=True)
+                        final_reads += 1
+        # outcomes unknown at submit time: did the grid run them anyway?
+        for jid in unknown:
+            try:
+                res = await client.wait_result(jid, timeout=2.0)
+                recorder.ok(proc, "read", jid, value=None if res is None else res.state, delivery=False)
+            except Exception:  # noqa: BLE001 - never ran: fine for an unacknowledged job
+                pass
+    finally:
+        for c in clients:
+            await c.close()
+    return {"latencies": latencies, "completions": completions, "acked": len(acked), "unknown": len(unknown),
+            "final_reads": final_reads, "no_result": dict(list(no_result.items())[:50]),
+            "pending": sum(1 for f in acked.values() if not f.done())}
+
+
+def run_workload(addresses: Sequence[str], token: str | None, recorder: HistoryRecorder, **kw: Any) -> dict:
+    return asyncio.run(workload(addresses, token, recorder, **kw))
+
+
+# ---- nemesis --------------------------------------------------------------------------------------------
+class Nemesis:
+    """Faults on a schedule, in a thread. Records fault windows (monotonic start/end) for the plots."""
+
+    def __init__(self, cluster: Any, *, kill: int = 0, partition: str | None = None, pause: int = 0,
+                 delay: int | None = None, duration: float = 20.0, seed: int = 7,
+                 log: Callable[[str], None] = print) -> None:
+        self.cluster = cluster
+        self.kill_n, self.partition, self.pause_n, self.delay = kill, partition, pause, delay
+        self.duration = duration
+        self.rng = random.Random(seed)
+        self.log = log
+        self.windows: list[dict] = []
+        self.killed: list[Any] = []
+        self.paused: list[Any] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
+        self.t0 = time.monotonic()
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self._thread.start()
+
+    def _wait_until(self, frac: float) -> bool:
+        return not self._stop.wait(max(0.0, self.t0 + frac * self.duration - time.monotonic()))
+
+    def _run(self) -> None:
+        try:
+            plan = []
+            if self.kill_n:
+                plan.append("kill")
+            if self.pause_n:
+                plan.append("pause")
+            if self.partition:
+                plan.append("partition")
+            if self.delay:
+                plan.append("delay")
+            if not plan:
+                return
+            slot = 0.9 / len(plan)
+            for k, what in enumerate(plan):
+                if not self._wait_until(0.05 + k * slot):
+                    return
+                w = {"kind": what, "start": time.monotonic(), "end": None}
+                self.windows.append(w)
+                getattr(self, f"_{what}_on")(w)
+                if not self._wait_until(0.05 + k * slot + slot * 0.6):
+                    return
+                getattr(self, f"_{what}_off")()
+                w["end"] = time.monotonic()
+        except BaseException as e:  # noqa: BLE001 - reported by join()
+            self.error = e
+            self.log(f"[red]nemesis error: {e}[/red]")
+
+    def _kill_on(self, w: dict) -> None:
+        live = self.cluster.live()
+        victims = self.rng.sample(live, min(self.kill_n, max(0, len(live) - 1)))
+        remember_ids(self.cluster)
+        for n in victims:
+            self.cluster.kill(n)
+            self.killed.append(n)
+        w["nodes"] = [n.name for n in victims]
+        self.log(f"nemesis: killed {', '.join(w['nodes'])}")
+
+    def _kill_off(self) -> None:
+        for n in self.killed:
+            self.cluster.restart(n)
+            self.log(f"nemesis: restarted {n.name}")
+        self.killed = []
+
+    def _pause_on(self, w: dict) -> None:
+        live = self.cluster.live()
+        victims = self.rng.sample(live, min(self.pause_n, max(0, len(live) - 1)))
+        remember_ids(self.cluster)
+        for n in victims:
+            self.cluster.pause(n)
+            self.paused.append(n)
+        w["nodes"] = [n.name for n in victims]
+        self.log(f"nemesis: paused {', '.join(w['nodes'])}")
+
+    def _pause_off(self) -> None:
+        for n in self.paused:
+            self.cluster.resume(n)
+            self.log(f"nemesis: resumed {n.name}")
+        self.paused = []
+
+    def _partition_on(self, w: dict) -> None:
+        rec = apply_partition(self.cluster, self.partition)
+        w["sees"] = rec["sees"]
+        self.log(f"nemesis: partition {self.partition}: " + "; ".join(" ".join(g) for g in rec["sees"]))
+
+    def _partition_off(self) -> None:
+        self.cluster.heal()
+        self.log("nemesis: healed partition")
+
+    def _delay_on(self, w: dict) -> None:
+        if hasattr(self.cluster, "delay"):
+            self.cluster.delay(self.delay)
+        elif not netem_available():
+            raise HarnessError(NETEM_MISSING)
+        else:
+            raise HarnessError("latency faults are only implemented on the docker backend")
+
+    def _delay_off(self) -> None:
+        pass
+
+    def stop_and_heal(self) -> None:
+        """Stop the schedule and undo every fault still active (restart killed nodes)."""
+        self._stop.set()
+        self._thread.join(60) if self._thread.is_alive() else None
+        for w in self.windows:
+            if w["end"] is None:
+                w["end"] = time.monotonic()
+        for n in self.paused:
+            self.cluster.resume(n)
+        self.paused = []
+        try:
+            self.cluster.heal()
+        except HarnessError:
+            pass
+        for n in self.killed:
+            self.cluster.restart(n)
+        self.killed = []
+
+
+# ---- report ---------------------------------------------------------------------------------------------
+def remember_ids(cluster: Any) -> None:
+    """Node ids change when a node restarts: keep the old ones so promotions name the right node."""
+    past = cluster.__dict__.setdefault("past_ids", {})
+    for n in cluster.nodes:
+        if n.node_id:
+            past[n.node_id] = n.name
+
+
+def _name(names: dict[str, str], node_id: Any) -> str:
+    """A node's name from any of its ids (a node that rejoins after removal is `<id>-<n>`)."""
+    nid = str(node_id)
+    while nid not in names and "-" in nid:
+        nid = nid.rsplit("-", 1)[0]
+    return names.get(nid, str(node_id))
+
+
+def promotions(cluster: Any) -> list[dict]:
+    """Every promotion of backup replicas the live nodes report, with node names."""
+    states = cluster.states()
+    names = {**getattr(cluster, "past_ids", {}), **{n.node_id: n.name for n in cluster.nodes if n.node_id}}
+    seen = set()
+    out = []
+    for st in states.values():
+        for p in st.get("promotions", []):
+            key = (p.get("dead"), p.get("by"), p.get("epoch"))
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append({**p, "dead_name": _name(names, p.get("dead")), "by_name": _name(names, p.get("by"))})
+    return out
+
+
+def plots(outdir: Path, t0: float, timing: dict, windows: list[dict]) -> list[Path]:
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    def shade(ax) -> None:
+        colours = {"kill": "tab:red", "partition": "tab:orange", "pause": "tab:purple", "delay": "tab:green"}
+        for w in windows:
+            if w.get("start") is None:
+                continue
+            ax.axvspan(w["start"] - t0, (w.get("end") or w["start"]) - t0, alpha=0.2,
+                       color=colours.get(w["kind"], "grey"), label=w["kind"])
+        handles, labels = ax.get_legend_handles_labels()
+        if labels:
+            uniq = dict(zip(labels, handles))
+            ax.legend(uniq.values(), uniq.keys(), loc="upper right")
+
+    files = []
+    comps = [c - t0 for c in timing.get("completions", [])]
+    fig, ax = plt.subplots(figsize=(9, 4))
+    if comps:
+        secs = int(max(comps)) + 1
+        counts = [0] * secs
+        for c in comps:
+            counts[max(0, int(c))] += 1
+        ax.bar(range(secs), counts, width=1.0, align="edge", color="tab:blue")
+    shade(ax)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("jobs completed per second")
+    ax.set_title("throughput, fault windows shaded")
+    f = outdir / "throughput.png"
+    fig.tight_layout()
+    fig.savefig(f, dpi=90)
+    plt.close(fig)
+    files.append(f)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    lat = timing.get("latencies", [])
+    if lat:
+        ax.scatter([t - t0 for t, _ in lat], [d * 1000 for _, d in lat], s=4, color="tab:blue")
+    shade(ax)
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel("submit latency (ms)")
+    ax.set_title("submit latency, fault windows shaded")
+    f = outdir / "latency.png"
+    fig.tight_layout()
+    fig.savefig(f, dpi=90)
+    plt.close(fig)
+    files.append(f)
+    return files
+
+
+def judge(ops: list[dict]) -> Any:
+    return check(ops)

@@ -1,0 +1,88 @@
+"""The harness scenarios on the local backend (processes on 127.0.0.x), and `harness run` end to end.
+
+Each scenario runs a real 5-node grid (R=3), a workload of sleep jobs recorded as a history, one fault
+while the queues are full, then heals and drains. It asserts the checker's verdict and that backup
+replicas were promoted, as the nodes themselves report in GET /state "promotions".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import scenarios
+
+from conftest import needs_root
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _up(cluster_factory):
+    # a 127.0.x.0/24 block of our own: iptables rules match addresses, so no other test's partition touches us
+    c = cluster_factory(replicas=3, runners=1, token="t" * 24, first_octet=256 * (40 + os.getpid() % 200) + 10)
+    c.up(5, timeout=90)
+    return c
+
+
+def _assert_outcome(out: scenarios.Outcome) -> None:
+    assert out.verdict.valid, out.verdict.to_dict(limit=20)
+    assert out.verdict.acknowledged_count == 150
+    assert out.verdict.lost_count == 0 and out.verdict.duplicated_count == 0
+    for vid in out.victims:
+        assert out.promoted_for(vid), f"no promotion of {vid}'s backups in {out.promotions}"
+    assert sum(p.get("jobs", 0) for v in out.victims for p in out.promoted_for(v)) > 0, out.promotions
+
+
+def test_kill_two_of_five(cluster_factory):
+    _assert_outcome(scenarios.kill_two(_up(cluster_factory)))
+
+
+@needs_root
+def test_partition_halves_then_heal(cluster_factory):
+    c = _up(cluster_factory)
+    _assert_outcome(scenarios.partition_halves(c))
+    c.wait_converged(60)  # after heal the five agree again
+
+
+def test_pause_longer_than_failure_timeout(cluster_factory):
+    _assert_outcome(scenarios.pause_one(_up(cluster_factory)))
+
+
+def test_kill_then_restart(cluster_factory):
+    c = _up(cluster_factory)
+    out = scenarios.kill_restart(c)
+    _assert_outcome(out)
+    assert len(c.live()) == 5
+
+
+def test_harness_run_cli_writes_run_folder(tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [str(ROOT / ".venv" / "bin" / "harness"), "run", "--backend", "local", "--nodes", "5", "--jobs", "150",
+           "--kill", "1", "--partition", "one", "--duration", "10", "--drain", "60", "--runs-dir", str(runs)]
+    if not Path(cmd[0]).exists():
+        cmd[0:1] = [sys.executable, "-m", "harness.cli"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                       env={**os.environ, "COLUMNS": "120"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "VALID" in r.stdout
+    (run,) = list(runs.iterdir())
+    res = json.loads((run / "results.json").read_text())
+    assert res["valid?"] is True and res["lost-count"] == 0 and res["acknowledged-count"] == 150
+    assert isinstance(res["promotions"], list) and res["promotions"], res
+    for png in ("throughput.png", "latency.png"):
+        data = (run / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert (run / "history.jsonl").stat().st_size > 0
+    assert (run / "n1.log").exists()
+
+
+def test_harness_domain_error_is_one_red_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "status"], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "HARNESS_STATE_DIR": str(tmp_path / ".h")}, timeout=60)
+    assert r.returncode != 0
+    assert r.stderr.strip().count("\n") == 0 and "harness up" in r.stderr
