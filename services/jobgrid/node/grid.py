@@ -523,7 +523,11 @@ class Grid:
             if dead is not None:
                 p = self.mem.promoter_for(dead.location)
                 if p is not None and p.id == self.id:
-                    self.store.adopt(owner, self.id)
+                    n = self.store.adopt(owner, self.id)
+                    if n:
+                        self.metrics.promoted.inc(n)
+                        self.promotions.append({"dead": owner, "by": self.id, "jobs": n,
+                                                "epoch": self.mem.ring.epoch, "at": time.time()})
                     continue
                 if p is not None:
                     await self._handoff(dead, p)
