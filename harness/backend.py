@@ -12,7 +12,8 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+import urllib.error
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import HarnessError
@@ -57,6 +58,98 @@ class Backend(Protocol):
     def heal(self) -> None: ...
     def stop(self) -> None: ...
     def log_tail(self, node: Any, lines: int = 30) -> str: ...
+
+
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, *, step: float = 0.05,
+             error: type[Exception] = HarnessError) -> Any:
+    """Poll `cond` until it returns something truthy; raise `error` naming `what` at the deadline."""
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = cond()
+        if last:
+            return last
+        time.sleep(step)
+    raise error(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+class ClusterBase:
+    """What both backends share: starting a grid, and reading its state over HTTP.
+
+    Subclasses provide `nodes`, `add_node`, `start`, `get` and `wait_healthy`, plus the faults.
+    """
+
+    nodes: list
+    poll_interval = 0.05
+
+    def up(self, n: int, *, timeout: float = 60.0, together: bool = False) -> list:
+        """Start `n` nodes: the first at ring position 0, the others joining through it."""
+        first = self.start(self.add_node())  # type: ignore[attr-defined]
+        self.wait_healthy(first, timeout)  # type: ignore[attr-defined]
+        others = [self.add_node() for _ in range(n - 1)]  # type: ignore[attr-defined]
+        for node in others:
+            self.start(node, join=first)  # type: ignore[attr-defined]
+            if not together:
+                self.wait_healthy(node, timeout)  # type: ignore[attr-defined]
+        for node in others:
+            self.wait_healthy(node, timeout)  # type: ignore[attr-defined]
+        self.wait_converged(timeout)
+        return self.nodes
+
+    def live(self) -> list:
+        return [n for n in self.nodes if n.state == "running"]
+
+    def healthy(self, node: Any) -> bool:
+        try:
+            return bool(self.get(node, "/healthz", 1.0).get("ok"))  # type: ignore[attr-defined]
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+
+    def _get_each(self, nodes: Iterable[Any], path: str) -> dict[str, Any]:
+        out = {}
+        for n in nodes:
+            try:
+                out[n.name] = self.get(n, path)  # type: ignore[attr-defined]
+            except (OSError, urllib.error.URLError, ValueError):
+                pass
+        return out
+
+    def server_lists(self, nodes: Iterable[Any] | None = None) -> dict[str, dict]:
+        return self._get_each(nodes if nodes is not None else self.live(), "/servers")
+
+    def states(self) -> dict[str, dict]:
+        return self._get_each(self.live(), "/state")
+
+    def converged(self, nodes: Sequence[Any] | None = None) -> bool:
+        """Every given live node reports the same ring, made of exactly the given nodes."""
+        nodes = list(nodes) if nodes is not None else self.live()
+        lists = self.server_lists(nodes)
+        if len(lists) != len(nodes):
+            return False
+        want = {(n.host, n.port) for n in nodes}
+        views = set()
+        for sl in lists.values():
+            members = frozenset((s["ip"], s["port"], s["id"], s["location"]) for s in sl["servers"])
+            if {(m[0], m[1]) for m in members} != want:
+                return False
+            views.add((sl["epoch"], members))
+        return len(views) == 1
+
+    def wait_converged(self, timeout: float = 30.0, nodes: Sequence[Any] | None = None) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.converged(nodes):
+                for n in nodes if nodes is not None else self.live():
+                    n.node_id = self.get(n, "/state")["id"]  # type: ignore[attr-defined]
+                return time.monotonic() - start
+            time.sleep(self.poll_interval)
+        raise HarnessError(f"ring did not converge within {timeout} s: {self.server_lists(nodes)}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()  # type: ignore[attr-defined]
 
 
 # ---- partition shapes ---------------------------------------------------------------------------------

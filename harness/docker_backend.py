@@ -16,11 +16,11 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import NETEM_MISSING
+from .backend import NETEM_MISSING, ClusterBase
 from .errors import HarnessError
 from .images import NODE_TAG, docker_client
 
@@ -59,10 +59,11 @@ def _subnet_for(client: Any, cluster: str) -> str:
     raise HarnessError("no free 172.30-31.x.0/24 subnet for the cluster network")
 
 
-class DockerCluster:
+class DockerCluster(ClusterBase):
     """N containers; `stop()` removes every container, the network and the volumes."""
 
     backend = "docker"
+    poll_interval = 0.1
 
     def __init__(self, name: str | None = None, *, replicas: int = 3, runners: int = 2, token: str | None = None,
                  heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, image: str = NODE_TAG,
@@ -150,33 +151,11 @@ class DockerCluster:
         node.state = "running"
         return node
 
-    def up(self, n: int, *, timeout: float = 60.0, together: bool = False) -> list[DockerNode]:
-        first = self.start(self.add_node())
-        self.wait_healthy(first, timeout)
-        others = [self.add_node() for _ in range(n - 1)]
-        for node in others:
-            self.start(node, join=first)
-            if not together:
-                self.wait_healthy(node, timeout)
-        for node in others:
-            self.wait_healthy(node, timeout)
-        self.wait_converged(timeout)
-        return self.nodes
-
-    def live(self) -> list[DockerNode]:
-        return [n for n in self.nodes if n.state == "running"]
-
     # ---- observing ---------------------------------------------------------------------------------------
     def get(self, node: DockerNode, path: str, timeout: float = 2.0) -> dict | list:
         req = urllib.request.Request(node.url + path, headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return json.loads(r.read())
-
-    def healthy(self, node: DockerNode) -> bool:
-        try:
-            return bool(self.get(node, "/healthz", 1.0).get("ok"))  # type: ignore[union-attr]
-        except (OSError, urllib.error.URLError, ValueError):
-            return False
 
     def _status(self, node: DockerNode) -> str:
         try:
@@ -203,48 +182,6 @@ class DockerCluster:
 
     def logs(self, node: DockerNode) -> str:
         return self.log_tail(node, lines=100000)
-
-    def server_lists(self, nodes: Iterable[DockerNode] | None = None) -> dict[str, dict]:
-        out = {}
-        for n in nodes if nodes is not None else self.live():
-            try:
-                out[n.name] = self.get(n, "/servers")
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-        return out
-
-    def converged(self, nodes: Sequence[DockerNode] | None = None) -> bool:
-        nodes = list(nodes) if nodes is not None else self.live()
-        lists = self.server_lists(nodes)
-        if len(lists) != len(nodes):
-            return False
-        want = {(n.host, n.port) for n in nodes}
-        views = set()
-        for sl in lists.values():
-            members = frozenset((s["ip"], s["port"], s["id"], s["location"]) for s in sl["servers"])  # type: ignore
-            if {(m[0], m[1]) for m in members} != want:
-                return False
-            views.add((sl["epoch"], members))  # type: ignore[index]
-        return len(views) == 1
-
-    def wait_converged(self, timeout: float = 30.0, nodes: Sequence[DockerNode] | None = None) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.converged(nodes):
-                for n in nodes if nodes is not None else self.live():
-                    n.node_id = self.get(n, "/state")["id"]  # type: ignore[index]
-                return time.monotonic() - start
-            time.sleep(0.1)
-        raise HarnessError(f"ring did not converge within {timeout} s: {self.server_lists(nodes)}")
-
-    def states(self) -> dict[str, dict]:
-        out = {}
-        for n in self.live():
-            try:
-                out[n.name] = self.get(n, "/state")
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-        return out
 
     # ---- faults ------------------------------------------------------------------------------------------
     def _ct(self, node: DockerNode) -> Any:
@@ -332,13 +269,6 @@ class DockerCluster:
         remove_cluster(self.client, self.name, volumes=not self.keep_volumes)
         for n in self.nodes:
             n.state = "stopped"
-
-    def __enter__(self) -> DockerCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def remove_cluster(client: Any, name: str | None = None, *, volumes: bool = True) -> int:
     """Remove everything labelled for cluster `name` (every harness cluster when None). Returns a count."""

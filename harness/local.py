@@ -18,10 +18,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .backend import ClusterBase
 from .errors import HarnessError
 
 
@@ -53,7 +54,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class LocalCluster:
+class LocalCluster(ClusterBase):
     """N node processes on this machine. Every process and rule it makes is removed by `stop()`."""
 
     backend = "local"
@@ -117,23 +118,6 @@ class LocalCluster:
         node.state = "running"
         return node
 
-    def up(self, n: int, *, timeout: float = 60.0, together: bool = False) -> list[NodeHandle]:
-        """Start `n` nodes: the first at ring position 0, the others joining through it."""
-        first = self.start(self.add_node())
-        self.wait_healthy(first, timeout)
-        others = [self.add_node() for _ in range(n - 1)]
-        for node in others:
-            self.start(node, join=first)
-            if not together:
-                self.wait_healthy(node, timeout)
-        for node in others:
-            self.wait_healthy(node, timeout)
-        self.wait_converged(timeout)
-        return self.nodes
-
-    def live(self) -> list[NodeHandle]:
-        return [n for n in self.nodes if n.state == "running"]
-
     # ---- observing ---------------------------------------------------------------------------------
     def get(self, node: NodeHandle, path: str, timeout: float = 2.0) -> dict | list:
         req = urllib.request.Request(node.url + path)
@@ -141,12 +125,6 @@ class LocalCluster:
             req.add_header("Authorization", f"Bearer {self.token}")
         with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as r:
             return json.loads(r.read())
-
-    def healthy(self, node: NodeHandle) -> bool:
-        try:
-            return bool(self.get(node, "/healthz", 1.0).get("ok"))  # type: ignore[union-attr]
-        except (OSError, urllib.error.URLError, ValueError):
-            return False
 
     def wait_healthy(self, node: NodeHandle, timeout: float = 30.0) -> None:
         end = time.monotonic() + timeout
@@ -166,49 +144,6 @@ class LocalCluster:
             return "\n".join(node.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
-
-    def server_lists(self, nodes: Iterable[NodeHandle] | None = None) -> dict[str, dict]:
-        out = {}
-        for n in nodes if nodes is not None else self.live():
-            try:
-                out[n.name] = self.get(n, "/servers")
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-        return out
-
-    def converged(self, nodes: Sequence[NodeHandle] | None = None) -> bool:
-        """Every given live node reports the same ring, made of exactly the given nodes."""
-        nodes = list(nodes) if nodes is not None else self.live()
-        lists = self.server_lists(nodes)
-        if len(lists) != len(nodes):
-            return False
-        want = {(n.host, n.port) for n in nodes}
-        views = set()
-        for sl in lists.values():
-            members = frozenset((s["ip"], s["port"], s["id"], s["location"]) for s in sl["servers"])  # type: ignore
-            if {(m[0], m[1]) for m in members} != want:
-                return False
-            views.add((sl["epoch"], members))  # type: ignore[index]
-        return len(views) == 1
-
-    def wait_converged(self, timeout: float = 30.0, nodes: Sequence[NodeHandle] | None = None) -> float:
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.converged(nodes):
-                for n in nodes if nodes is not None else self.live():
-                    n.node_id = self.get(n, "/state")["id"]  # type: ignore[index]
-                return time.monotonic() - start
-            time.sleep(0.05)
-        raise HarnessError(f"ring did not converge within {timeout} s: {self.server_lists(nodes)}")
-
-    def states(self) -> dict[str, dict]:
-        out = {}
-        for n in self.live():
-            try:
-                out[n.name] = self.get(n, "/state")
-            except (OSError, urllib.error.URLError, ValueError):
-                pass
-        return out
 
     # ---- faults ------------------------------------------------------------------------------------------
     def kill(self, node: NodeHandle) -> None:
@@ -311,9 +246,3 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 pass
             n.state = "stopped"
-
-    def __enter__(self) -> LocalCluster:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

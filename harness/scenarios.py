@@ -15,7 +15,7 @@ from typing import Any
 
 from jobgrid.history import CheckResult, HistoryRecorder
 
-from .backend import apply_partition
+from .backend import apply_partition, wait_for
 from .errors import HarnessError
 from .workload import promotions, remember_ids, run_workload, judge
 
@@ -30,15 +30,6 @@ class Outcome:
     def promoted_for(self, node_id: str) -> list[dict]:
         return [p for p in self.promotions if p.get("dead") == node_id]
 
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise HarnessError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _with_fault(cluster: Any, fault: Callable[[], list[str]], undo: Callable[[list[str]], None], *,

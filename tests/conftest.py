@@ -10,6 +10,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+from harness.backend import wait_for as _wait_for
 from harness.local import LocalCluster
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -42,3 +43,8 @@ def by_value(module_name: str) -> None:
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for iptables")
+
+
+def wait_for(cond: Callable[[], object], timeout: float, what: str, step: float = 0.05) -> object:
+    """Wait on a condition with a deadline; a timeout fails the test naming what it waited for."""
+    return _wait_for(cond, timeout, what, step=step, error=AssertionError)

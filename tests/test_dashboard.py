@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -30,16 +29,6 @@ def browser():
         finally:
             b.close()
 
-
-def _wait(cond, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def test_dashboard_shows_ring_jobs_and_a_dead_node(cluster_factory, browser, artifacts):

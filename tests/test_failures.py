@@ -25,7 +25,7 @@ from harness.local import LocalCluster, NodeHandle
 from jobgrid.client import AsyncClient, build_spec, pickle_spec
 from jobgrid.history import HistoryRecorder, check
 
-from conftest import by_value, needs_root
+from conftest import by_value, needs_root, wait_for
 
 by_value(__name__)
 
@@ -135,15 +135,6 @@ def _port_open(node: NodeHandle) -> bool:
         return False
 
 
-def wait_until(cond, timeout: float, what: str, step: float = 0.1):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
 
 def cross_read(cluster: LocalCluster, ids: list[str]) -> None:
     """Read each result from two different live nodes and compare: one recorded result per id
@@ -154,7 +145,7 @@ def cross_read(cluster: LocalCluster, ids: list[str]) -> None:
         seen = []
         for j in range(2):
             node = live[(k + j) % len(live)]
-            res = wait_until(lambda n=node: _result_or_none(n, jid), 30, f"result of {jid} on {node.name}")
+            res = wait_for(lambda n=node: _result_or_none(n, jid), 30, f"result of {jid} on {node.name}")
             seen.append((res["node"], res["finished_at"], res["state"], res.get("value")))
         assert seen[0] == seen[1], f"{jid} has two different results: {seen}"
 
@@ -209,7 +200,7 @@ def test_kill_owner_of_queued_jobs_promotes_replicas(cluster_factory):
         w.submit([(sleep_spec(i, 0.2), i) for i in range(60)])
         assert len(w.acked) == 60
         # mid-run: some jobs done, most still queued on the victim
-        wait_until(lambda: get_json(victim, "/state")["counts"]["active"] < 56, 20, "first jobs to run")
+        wait_for(lambda: get_json(victim, "/state")["counts"]["active"] < 56, 20, "first jobs to run")
         assert get_json(victim, "/state")["counts"]["active"] > 10
         c.kill(victim)
         got = w.read_all(90)
@@ -262,7 +253,7 @@ def test_pause_longer_than_failure_timeout_no_double_result(cluster_factory, tmp
         specs = [counted_spec(runs, i, 0.15) for i in range(40)]
         w.submit(specs)
         # the paused node holds jobs (its own and stolen ones) while it is frozen
-        wait_until(lambda: any(n.strip() for n in runs.read_text().splitlines()) if runs.exists() else False,
+        wait_for(lambda: any(n.strip() for n in runs.read_text().splitlines()) if runs.exists() else False,
                    10, "first runs")
         c.pause(nodes[1])
         time.sleep(4.0)  # the fault itself: frozen longer than the failure timeout
@@ -301,7 +292,7 @@ def test_partition_two_three_then_heal(cluster_factory):
             time.sleep(0.2)
         old_ids = {n.name: n.node_id for n in nodes}
         # the majority removed the minority; the minority stopped serving (no quorum)
-        wait_until(lambda: c.converged([cc, d, e]), 10, "the majority to agree on a ring of 3")
+        wait_for(lambda: c.converged([cc, d, e]), 10, "the majority to agree on a ring of 3")
         assert not get_json(a, "/state")["quorum"]
         c.heal()
         # every node alive rejoins (the removed ones as new incarnations): one ring of all 5 again
@@ -309,7 +300,7 @@ def test_partition_two_three_then_heal(cluster_factory):
         assert took < 5.0, f"one ring again only {took:.1f} s after healing"
         assert {n.node_id for n in (a, b)}.isdisjoint({old_ids["n1"], old_ids["n2"]})
         # let outstanding submissions finish (they fail over and retry idempotently)
-        wait_until(lambda: sum(1 for op in hist.ops if op["f"] == "submit" and op["type"] != "invoke")
+        wait_for(lambda: sum(1 for op in hist.ops if op["f"] == "submit" and op["type"] != "invoke")
                    >= 2 * i, 60, "all submissions to finish")
         got = wa.read_all(90)
         got.update(wc.read_all(90))
@@ -338,7 +329,7 @@ def test_kill_node_while_another_joins(cluster_factory):
         # when the victim dies
         c.pause(nodes[2])
         c.start(joiner, join=nodes[0])
-        wait_until(lambda: _port_open(joiner), 30, "the joiner's port")
+        wait_for(lambda: _port_open(joiner), 30, "the joiner's port")
         assert not c.healthy(joiner)
         c.kill(nodes[2])
         c.wait_healthy(joiner, 60)
@@ -365,9 +356,9 @@ def test_kill_runner_holding_stolen_lease(cluster_factory, tmp_path):
         specs = [counted_spec(runs, i, 4.0) for i in range(6)]
         w.submit(specs)
         # a node other than the owner that started one (it can only have stolen it): the thief
-        thief = wait_until(lambda: next((n for n in nodes[1:] if get_json(n, "/state")["started_jobs"] > 0), None),
+        thief = wait_for(lambda: next((n for n in nodes[1:] if get_json(n, "/state")["started_jobs"] > 0), None),
                            20, "a thief to start a stolen job")
-        wait_until(lambda: len(runs_of(runs)) >= 3, 20, "jobs running")
+        wait_for(lambda: len(runs_of(runs)) >= 3, 20, "jobs running")
         c.kill(thief)
         got = w.read_all(90)
         assert_values(w, got)
@@ -405,7 +396,7 @@ def test_restart_killed_node_on_its_data_dir(cluster_factory, tmp_path):
         got = w.read_all(60)
         assert_values(w, got)
         # give any wrongly re-queued old job a chance to run: wait until every node is idle
-        wait_until(lambda: all(st["counts"]["active"] == 0 for st in c.states().values()), 30, "idle queues")
+        wait_for(lambda: all(st["counts"]["active"] == 0 for st in c.states().values()), 30, "idle queues")
         after = runs_of(runs)
         for jid, n in before.items():
             assert after[jid] == n, f"finished job {jid} ran again after the restart"

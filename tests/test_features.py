@@ -21,7 +21,7 @@ from jobgrid.errors import JobgridError
 from jobgrid.examples import add, fail, sleep, square
 from jobgrid.executor import GridExecutor
 
-from conftest import by_value
+from conftest import by_value, wait_for
 
 by_value(__name__)
 
@@ -41,16 +41,6 @@ def stamp(path: str, value: str) -> str:
         f.write(value + "\n")
     return value
 
-
-def wait_for(cond, timeout: float, what: str):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,23 +16,13 @@ from jobgrid import Client, GridExecutor, examples
 from jobgrid.client import ScriptOutput, build_spec, pickle_spec, script_spec
 from jobgrid.ring import largest_gap_midpoint
 
-from conftest import by_value
+from conftest import by_value, wait_for
 
 by_value(__name__)
 
 JOBGRID = str(Path(sys.executable).parent / "jobgrid")
 SCRIPT = "import sys\nprint(int(sys.argv[1]) * 2)\n"
 
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
 
 
 def counts(cluster: LocalCluster) -> dict[str, dict]:

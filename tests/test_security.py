@@ -9,13 +9,10 @@ import http.client
 import json
 import os
 import pickle
-import shutil
 import ssl
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -28,7 +25,7 @@ from jobgrid.examples import echo_env
 from jobgrid.history import HistoryRecorder, check
 from jobgrid.node.http import routes
 
-from conftest import needs_root
+from conftest import needs_root, wait_for
 
 TOKEN = "sec-token-" + uuid.uuid4().hex
 JOBGRID = [sys.executable, "-m", "jobgrid.cli"]
@@ -64,15 +61,6 @@ def call(host: str, port: int, method: str, path: str, headers: dict | None = No
     finally:
         conn.close()
 
-
-def wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # ---- 1. the token ----------------------------------------------------------------------------------------
