@@ -70,10 +70,23 @@ def _with_fault(cluster: Any, fault: Callable[[], list[str]], undo: Callable[[li
     return Outcome(judge(rec.ops), promotions(cluster), victims, result.get("timing", {}))
 
 
+def _owns_queued_jobs(cluster: Any, node: Any, at_least: int = 2, timeout: float = 30.0) -> None:
+    """Wait until `node` owns queued jobs: a fault that takes a node with an empty queue promotes nothing
+    (its clients' submissions may still be in flight when the workload reaches `fault_at` acknowledgements)."""
+    def queued() -> bool:
+        try:
+            return cluster.get(node, "/state").get("counts", {}).get("queued", 0) >= at_least
+        except Exception:  # noqa: BLE001 - busy node: ask again
+            return False
+    wait_for(queued, timeout, f"{node.name} to own queued jobs")
+
+
 def kill_two(cluster: Any) -> Outcome:
     """Kill two of five nodes (R=3: every job keeps at least one replica)."""
     def fault() -> list[str]:
         victims = cluster.nodes[1:3]
+        for n in victims:
+            _owns_queued_jobs(cluster, n)
         for n in victims:
             cluster.kill(n)
         return [n.node_id for n in victims]
@@ -113,6 +126,7 @@ def kill_restart(cluster: Any) -> Outcome:
     victim = cluster.nodes[4]
 
     def fault() -> list[str]:
+        _owns_queued_jobs(cluster, victim)
         cluster.kill(victim)
         return [victim.node_id]
 

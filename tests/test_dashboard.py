@@ -69,6 +69,7 @@ def test_dashboard_shows_ring_jobs_and_a_dead_node(cluster_factory, browser, art
     job.wait_for_function("document.body.dataset.done === '1'", timeout=30_000)
     assert job.inner_text("#state") in ("succeeded", "failed")
     assert job.inner_text("#where")
+    assert job.inner_text("#kind") == "pickle" and job.inner_text("#name")  # kept in the result when finished
     job.close()
 
     # kill a node: it turns dead (suspect first, then removed from the ring and kept as dead)

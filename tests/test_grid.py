@@ -245,9 +245,9 @@ def test_cli_submit_to_a_dead_port_prints_one_clear_line(tmp_path):
     script.write_text("print(1)\n")
     port = free_port()
     t0 = time.monotonic()
-    r = run_cli("submit", str(script), "--port", str(port), "--timeout", "3")
+    r = run_cli("submit", str(script), "--port", str(port))  # the default 30 s timeout: must fail fast anyway
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, r.stderr
     assert str(port) in lines[0] and "Traceback" not in r.stderr
-    assert time.monotonic() - t0 < 60
+    assert time.monotonic() - t0 < 10

@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except JobgridError as e:
-        err.print(f"[bold red]jobgrid: {e}[/]")
+        err.print(f"jobgrid: {e}", style="bold red", markup=False, soft_wrap=True)  # one line, verbatim
         return 2 if isinstance(e, ConfigError) else 1
 
 

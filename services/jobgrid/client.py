@@ -24,6 +24,7 @@ import cloudpickle
 import msgspec
 
 from .codec import MSGPACK, decode, encode
+from .logs import CAUSE_HEADER, new_cause
 from .errors import (
     ConfigError, GridUnavailable, JobCancelled, JobFailed, JobNotFound, JobTimeout, ProtocolError, RemoteError,
 )
@@ -33,6 +34,7 @@ from .protocol import (
 )
 
 _WAIT_WINDOW = 512
+_FIRST_CONTACT = 2.0  # seconds to keep trying addresses that never answered before giving up
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class AsyncClient:
         self._submits: GroupCommit[JobSpec, SubmitResponse] = GroupCommit(self._flush_submits, max_items=5000)
         self._closed = False
         self._learned = False
+        self._reached = False  # some node answered once: from then on an outage is waited out (failover)
         self._unacked: dict[str, asyncio.Future] = {}
 
     # ---- transport ---------------------------------------------------------------------------------
@@ -138,7 +141,7 @@ class AsyncClient:
         return self._session
 
     async def _call(self, method: str, path: str, body: Any, reply: type, *, timeout: float | None = None,
-                    retry_other_nodes: bool = True) -> Any:
+                    retry_other_nodes: bool = True, cause: str | None = None) -> Any:
         """One request; on a connection failure or 503, try the other nodes it knows."""
         last: Exception | None = None
         tries = len(self.addresses) if retry_other_nodes else 1
@@ -146,10 +149,14 @@ class AsyncClient:
             base = self.addresses[self._current % len(self.addresses)]
             try:
                 data = encode(body, MSGPACK) if body is not None else None
+                headers = {"Content-Type": MSGPACK} if data else {}
+                if cause:
+                    headers[CAUSE_HEADER] = cause
                 async with self._sess().request(
-                        method, base + path, data=data, headers={"Content-Type": MSGPACK} if data else None,
+                        method, base + path, data=data, headers=headers or None,
                         timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
                     raw = await r.read()
+                    self._reached = True
                     if r.status == 401:
                         raise ProtocolError("the node refused the cluster token (401): set JOBGRID_TOKEN or "
                                             "pass token=", 401)
@@ -228,13 +235,18 @@ class AsyncClient:
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[SubmitResponse]:
         specs = [s for g in groups for s in g]
         retry = False
-        end = time.monotonic() + self.timeout
+        start = time.monotonic()
+        end = start + self.timeout
+        cause = new_cause("sub-")  # the batch's causal id: the nodes' log lines about these jobs carry it
         while True:
             try:
                 resp: SubmitResponse = await self._call("POST", "/jobs", SubmitRequest(jobs=specs, retry=retry),
-                                                        SubmitResponse)
+                                                        SubmitResponse, cause=cause)
                 return [resp] * len(groups)
-            except GridUnavailable:
+            except GridUnavailable as e:
+                if not self._reached and time.monotonic() > start + min(_FIRST_CONTACT, self.timeout):
+                    raise GridUnavailable(f"no jobgrid server answered at {', '.join(self.addresses)}: is one "
+                                          f"running there? (last error: {e})") from None
                 if time.monotonic() > end:
                     raise
                 retry = True  # the outcome is unknown: resubmit idempotently, the grid dedupes by id

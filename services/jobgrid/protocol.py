@@ -86,6 +86,9 @@ class Result(msgspec.Struct, omit_defaults=True):
     started_at: float = 0.0
     finished_at: float = 0.0
     retry: bool = False
+    expires_at: float | None = None  # result_ttl: when owner and replicas forget it
+    kind: Annotated[str, msgspec.Meta(max_length=32)] = ""  # copied from the spec when the owner records it
+    name: Annotated[str, msgspec.Meta(max_length=256)] = ""
 
 
 # ---- client API -------------------------------------------------------------------------------

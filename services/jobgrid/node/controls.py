@@ -64,7 +64,8 @@ async def check_dependencies(grid: Any) -> int:
         elif verdict == "fail":
             failed.append(Result(job_id=rec.spec.id, state="failed", error_type="DependencyFailed",
                                  error=f"dependency {dep} did not succeed ({found[dep].state})", node=grid.id,
-                                 attempts=rec.attempts, submitted_at=rec.submitted_at, finished_at=now))
+                                 attempts=rec.attempts, submitted_at=rec.submitted_at, finished_at=now,
+                                 kind=rec.spec.kind, name=rec.spec.name))
     if release:
         grid.store.requeue(release)
         await grid.replicate(ReplicateRequest(sender=grid.id, epoch=0, jobs=release))

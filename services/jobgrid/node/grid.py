@@ -6,6 +6,7 @@ Decisions come from the pure `Membership`; this class performs the IO they imply
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 import uuid
@@ -17,6 +18,7 @@ import structlog
 
 from .. import ring as ringmath
 from ..errors import GridUnavailable, ProtocolError
+from ..logs import bind_cause
 from ..membership import AddLock, Membership, RingChange, join_backoff
 from ..protocol import (
     CancelRequest, HandoffRequest, Heartbeat, HeartbeatReply, JobRecord, JobSpec, JoinAnnounce, Lease, LockRequest,
@@ -110,8 +112,9 @@ class Grid:
         self.log.info(kind, **{k: v for k, v in kw.items() if k not in ("kind", "at")})
 
     def spawn(self, coro, name: str) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
+        ctx = contextvars.copy_context()  # a background task is its own stimulus: a cause of its own
+        ctx.run(bind_cause, None, name.split("-", 1)[0][:8] + "-")
+        task = asyncio.get_running_loop().create_task(coro, name=name, context=ctx)
         self.tasks.add(task)
         task.add_done_callback(self._reap)
         return task
@@ -182,6 +185,7 @@ class Grid:
             back = self.store.expire_leases(self.id, time.time(), holders=gone)
             if back:
                 self.metrics.lease_expired.inc(len(back))
+                self._log_jobs("job_lease_expired", back, holders=gone)
         for m in change.promote:
             n = self.store.adopt(m.id, self.id)
             self.metrics.promoted.inc(n)
@@ -423,6 +427,12 @@ class Grid:
             else:
                 raise ProtocolError(f"sender {req.sender} is not a member of ring epoch {self.mem.ring.epoch}", 409)
         if req.prune_all:
+            # only a member may prune its copies, and only with our ring (not an older one) agreeing that we are
+            # not its successor: a departed owner's rows are promoted or handed off, never dropped on its word
+            if (sender is None or req.epoch < self.mem.ring.epoch
+                    or any(m.id == self.id for m in self.mem.successors(req.sender))):
+                self.event("prune_refused", owner=req.sender, epoch=req.epoch)
+                return ReportResponse(recorded=[], duplicates=[], unknown=[])
             n = self.store.drop_owner(req.sender)
             self.event("replicas_pruned", owner=req.sender, jobs=n)
             return ReportResponse(recorded=[], duplicates=[], unknown=[])
@@ -450,7 +460,7 @@ class Grid:
                 self._resync_needed.set()
 
     async def _resync(self) -> None:
-        succ = self.mem.successors(self.id)
+        epoch = self.mem.ring.epoch
         after = ""
         while True:
             jobs = self.store.jobs_of(self.id, after=after, limit=2000)
@@ -465,7 +475,11 @@ class Grid:
                 break
             after = res[-1].job_id
             await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=res))
-        keep = {m.id for m in succ} | {self.id}
+        # prune only with the ring the copies above were made for: a prune computed from an older ring would
+        # wipe the copies on successors gained meanwhile (the ring change sets _resync_needed: we run again)
+        if self.mem.ring.epoch != epoch or not self.mem.is_member or self._resync_needed.is_set():
+            return
+        keep = {m.id for m in self.mem.successors(self.id)} | {self.id}
         prune = ReplicateRequest(sender=self.id, epoch=self.mem.ring.epoch, prune_all=True)
         others = [m for m in self.mem.peers() if m.id not in keep]
         await asyncio.gather(*(self._replicate_one(m, prune) for m in others))
@@ -582,6 +596,20 @@ class Grid:
                 out[r.job_id] = r
         return out
 
+    async def locate(self, job_id: str) -> Result | JobRecord | None:
+        """The freshest thing known about a job: a result anywhere, else its queued record."""
+        res = self.store.get_results([job_id]).get(job_id)
+        if res is not None:
+            return res
+        held = self.store.get_jobs([job_id]).get(job_id)
+        if held is not None and held[0].owner == self.id:
+            return held[0]
+        try:
+            found = await self.lookup_everywhere([job_id]) if self.mem.peers() else {}
+        except GridUnavailable:
+            found = {}
+        return found.get(job_id) or (held[0] if held is not None else None)
+
     def on_lookup(self, req: LookupRequest) -> LookupResponse:
         results = self.store.get_results(req.ids)
         jobs = [rec for i, (rec, _) in self.store.get_jobs(req.ids).items() if i not in results]
@@ -602,7 +630,16 @@ class Grid:
             if not specs:
                 return [], existing
         acc, ex = await self.submits.submit(specs)
+        self._log_jobs("job_submitted", acc, existing=ex + existing)
         return acc, ex + existing
+
+    def _log_jobs(self, event: str, ids: Sequence[str], **kw) -> None:
+        """A job transition: one info line for the batch (with its ids), one debug line per job."""
+        if not ids:
+            return
+        self.log.info(event.replace("job_", "jobs_", 1), job_ids=list(ids), **kw)
+        for i in ids:
+            self.log.debug(event, job_id=i)
 
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[tuple[list[str], list[str]]]:
         self.require_serving()
@@ -624,7 +661,10 @@ class Grid:
         if not self.can_serve():
             return []
         until = time.time() + self.t.lease_ttl
-        return [Lease(record=r, lease_until=until) for r in self.store.lease(self.id, holder, count, until, time.time())]
+        leases = [Lease(record=r, lease_until=until) for r in self.store.lease(self.id, holder, count, until, time.time())]
+        self._log_jobs("job_leased" if holder == self.id else "job_stolen", [le.record.spec.id for le in leases],
+                       runner=holder)
+        return leases
 
     def on_steal(self, req: StealRequest) -> StealResponse:
         if self.mem.member(req.runner) is None or not self.can_serve():
@@ -653,7 +693,9 @@ class Grid:
             back = self.store.expire_leases(self.id, time.time())
             if back:
                 self.metrics.lease_expired.inc(len(back))
+                bind_cause(prefix="sweep-")
                 self.event("leases_expired", jobs=len(back))
+                self._log_jobs("job_lease_expired", back)
                 self.wake_runner.set()
             await controls.expire_results(self)
 
@@ -680,6 +722,7 @@ class Grid:
             else:
                 ttl[r.job_id] = rec.spec.result_ttl
                 r.submitted_at = rec.submitted_at
+                r.kind, r.name = rec.spec.kind, rec.spec.name
                 to_record.append(r)
         if requeue:
             self.store.requeue(requeue)
@@ -701,13 +744,22 @@ class Grid:
         requeued = {r.spec.id for r in requeue}
         dup_ids = set(dups)
         out = []
-        for g in groups:
+        for g, ctx in zip(groups, self.reports.contexts or [None] * len(groups)):
+            if ctx is not None:  # each reporter's lines under its own causal id
+                ctx.run(self._log_reports, g, rec_ids, requeued, dup_ids)
             out.append(ReportResponse(
                 recorded=[r.job_id for r in g if r.job_id in rec_ids or r.job_id in requeued],
                 duplicates=[r.job_id for r in g if r.job_id in dup_ids],
                 unknown=[r.job_id for r in g if r.job_id not in rec_ids and r.job_id not in requeued
                          and r.job_id not in dup_ids]))
         return out
+
+    def _log_reports(self, results: list[Result], rec_ids: set[str], requeued: set[str], dup_ids: set[str]) -> None:
+        self._log_jobs("job_recorded", [r.job_id for r in results if r.job_id in rec_ids])
+        self._log_jobs("job_retried", [r.job_id for r in results if r.job_id in requeued])
+        self._log_jobs("job_duplicate_dropped", [r.job_id for r in results if r.job_id in dup_ids])
+        self._log_jobs("job_report_unknown", [r.job_id for r in results if r.job_id not in rec_ids
+                                              and r.job_id not in requeued and r.job_id not in dup_ids])
 
     def _retry_decision(self, rec: JobRecord, r: Result) -> JobRecord | None:
         """The job record to queue again, or None to record `r` as the final result."""
@@ -806,7 +858,8 @@ class Grid:
         now = time.time()
         res = [Result(job_id=r.spec.id, state="cancelled", node=self.id,
                       error="cancelled while running" if r.state == "leased" else "cancelled before it ran",
-                      attempts=r.attempts, submitted_at=r.submitted_at, finished_at=now) for r in mine]
+                      attempts=r.attempts, submitted_at=r.submitted_at, finished_at=now, kind=r.spec.kind,
+                      name=r.spec.name) for r in mine]
         if not res:
             return forwarded
         recorded, _, _ = self.store.record_results(self.id, res)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,10 +15,11 @@ from aiohttp import web
 
 from ..codec import JSON, MSGPACK, decode, describe_error, encode
 from ..errors import JobgridError, ProtocolError, StorageError
+from ..logs import CAUSE_HEADER, new_cause, valid_cause
 from ..protocol import (
     CancelRequest, HandoffRequest, Heartbeat, JobStatus, JoinAnnounce, LockRequest, LookupRequest, RenewRequest,
     ReplicateRequest, ReportRequest, StealRequest, SubmitRequest, SubmitResponse, UnlockRequest, WaitRequest,
-    WaitResponse, JobId,
+    WaitResponse, JobId, JobRecord, Result,
 )
 from .grid import Grid, Unavailable
 
@@ -87,6 +89,13 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
                 del in_flight[peer]
 
     @web.middleware
+    async def causal(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Bind the request's causal id (the caller's X-Jobgrid-Cause, else a new one) for its log lines."""
+        cause = valid_cause(request.headers.get(CAUSE_HEADER)) or new_cause()
+        with structlog.contextvars.bound_contextvars(cause=cause):
+            return await handler(request)
+
+    @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if secret is not None and request.path not in PUBLIC:
             given = request.headers.get("Authorization", "")
@@ -123,7 +132,7 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
             log.exception("internal_error", path=request.path)
             return error(request, 500, f"internal error ({type(e).__name__}); see the node's log")
 
-    return [per_client_cap, guard]
+    return [causal, per_client_cap, guard]
 
 
 def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
@@ -161,19 +170,12 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def job_result(request: web.Request) -> web.Response:
         jid = _job_id(request)
-        res = grid.store.get_results([jid]).get(jid)
-        if res is None:
-            try:
-                found = await grid.lookup_everywhere([jid]) if grid.mem.peers() else {}
-            except JobgridError:
-                found = {}
-            hit = found.get(jid)
-            if hit is None and not grid.store.get_jobs([jid]):
-                return error(request, 404, f"no server knows job {jid}")
-            if not hasattr(hit, "job_id"):
-                return error(request, 404, f"job {jid} has no result yet", **{"Retry-After": "1"})
-            res = hit
-        return reply(request, res)
+        found = await grid.locate(jid)
+        if found is None:
+            return error(request, 404, f"no server knows job {jid}")
+        if not isinstance(found, Result):
+            return error(request, 404, f"job {jid} has no result yet", **{"Retry-After": "1"})
+        return reply(request, found)
 
     async def list_jobs(request: web.Request) -> web.Response:
         state = request.query.get("state") or None
@@ -203,43 +205,35 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         grid.counts()
         return web.Response(body=grid.metrics.render(), content_type="text/plain")
 
-    # ---- peer endpoints ----
-    async def p_heartbeat(request: web.Request) -> web.Response:
-        return reply(request, grid.on_heartbeat(await body(request, Heartbeat)))
+    # ---- peer endpoints: decode the message, let the grid answer, encode the answer ----
+    def peer(typ: type, handle: str | Callable[[Any], Any]) -> Handler:
+        """A route for a peer message; `handle` is a Grid method name or a function of the message."""
+        async def route(request: web.Request) -> web.Response:
+            fn = getattr(grid, handle) if isinstance(handle, str) else handle
+            answer = fn(await body(request, typ))
+            if inspect.isawaitable(answer):
+                answer = await answer
+            return reply(request, answer)
+        return route
 
     async def p_ring_get(request: web.Request) -> web.Response:
         return reply(request, grid.mem.ring)
 
-    async def p_ring_post(request: web.Request) -> web.Response:
-        ann: JoinAnnounce = await body(request, JoinAnnounce)
+    def adopt_ring(ann: JoinAnnounce) -> Any:
         _check_ring(ann.ring)
         grid.apply_ring(ann.ring)
-        return reply(request, grid.mem.ring)
+        return grid.mem.ring
 
-    async def p_lock(request: web.Request) -> web.Response:
-        return reply(request, grid.on_lock(await body(request, LockRequest)))
-
-    async def p_unlock(request: web.Request) -> web.Response:
-        return reply(request, grid.on_unlock(await body(request, UnlockRequest)))
-
-    async def p_replicate(request: web.Request) -> web.Response:
-        return reply(request, grid.on_replicate(await body(request, ReplicateRequest)))
-
-    async def p_steal(request: web.Request) -> web.Response:
-        return reply(request, grid.on_steal(await body(request, StealRequest)))
-
-    async def p_report(request: web.Request) -> web.Response:
-        req: ReportRequest = await body(request, ReportRequest)
-        return reply(request, await grid.report(req.results))
-
-    async def p_renew(request: web.Request) -> web.Response:
-        return reply(request, grid.on_renew(await body(request, RenewRequest)))
-
-    async def p_handoff(request: web.Request) -> web.Response:
-        return reply(request, grid.on_handoff(await body(request, HandoffRequest)))
-
-    async def p_lookup(request: web.Request) -> web.Response:
-        return reply(request, grid.on_lookup(await body(request, LookupRequest)))
+    p_heartbeat = peer(Heartbeat, "on_heartbeat")
+    p_ring_post = peer(JoinAnnounce, adopt_ring)
+    p_lock = peer(LockRequest, "on_lock")
+    p_unlock = peer(UnlockRequest, "on_unlock")
+    p_replicate = peer(ReplicateRequest, "on_replicate")
+    p_steal = peer(StealRequest, "on_steal")
+    p_report = peer(ReportRequest, lambda req: grid.report(req.results))
+    p_renew = peer(RenewRequest, "on_renew")
+    p_handoff = peer(HandoffRequest, "on_handoff")
+    p_lookup = peer(LookupRequest, "on_lookup")
 
     return [
         web.get("/healthz", healthz), web.get("/servers", servers), web.post("/jobs", submit),
@@ -267,22 +261,12 @@ def _status(rec, state: str) -> JobStatus:
 
 
 async def job_view(grid: Grid, jid: str) -> dict | None:
-    res = grid.store.get_results([jid]).get(jid)
-    if res is None:
-        held = grid.store.get_jobs([jid]).get(jid)
-        if held is not None and held[0].owner == grid.id:
-            return msgspec.to_builtins(_status(*held))
-        try:
-            found = await grid.lookup_everywhere([jid]) if grid.mem.peers() else {}
-        except JobgridError:
-            found = {}
-        hit = found.get(jid)
-        if hit is None:
-            return msgspec.to_builtins(_status(*held)) if held else None
-        if hasattr(hit, "spec"):
-            return msgspec.to_builtins(_status(hit, hit.state))
-        res = hit
-    d = msgspec.to_builtins(res)
+    found = await grid.locate(jid)
+    if found is None:
+        return None
+    if isinstance(found, JobRecord):
+        return msgspec.to_builtins(_status(found, found.state))
+    d = msgspec.to_builtins(found)
     d.pop("value", None)
     d["id"] = jid
     return d

@@ -9,6 +9,7 @@ import aiohttp
 
 from ..codec import MSGPACK, decode, encode
 from ..errors import GridUnavailable, ProtocolError
+from ..logs import CAUSE_HEADER, current_cause
 
 T = TypeVar("T")
 
@@ -56,8 +57,9 @@ class Peers:
             raise PeerError("node is stopping")
         s = self._session(self.base(host, port))
         data = encode(body, MSGPACK) if body is not None else None
+        cause = current_cause()  # the message carries its causal id onward
         try:
-            async with s.request(method, path, data=data,
+            async with s.request(method, path, data=data, headers={CAUSE_HEADER: cause} if cause else None,
                                  timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
                 raw = await r.read()
                 if r.status >= 400:

@@ -19,7 +19,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,8 @@ class WorkerPool:
             self._make_idle(slot)
         self.log.info("pool.started", size=self.size, pids=[s.pid for s in self._slots])
 
-    async def run(self, record: JobRecord, *, timeout: float | None) -> Result:
+    async def run(self, record: JobRecord, *, timeout: float | None,
+                  on_start: Callable[[], None] | None = None) -> Result:
         """Run one job on a free worker (waiting for one). Job failures come back as a Result.
 
         Raises PoolClosed if the pool is closed before a worker is free; cancelling the
@@ -182,6 +183,8 @@ class WorkerPool:
             self._retire(slot)  # died between jobs (a thread a job left behind, say)
         spec = record.spec
         slot.set_state("busy", spec.id)
+        if on_start is not None:  # from here on the job runs: cancelling it kills the worker
+            on_start()
         job = WorkerJob(job_id=spec.id, kind=spec.kind, attempt=record.attempts, payload=spec.payload,
                         source=spec.source, argv=list(spec.argv), target=spec.target, args=list(spec.args),
                         kwargs=dict(spec.kwargs), name=spec.name)

@@ -14,6 +14,7 @@ from collections import defaultdict
 import structlog
 
 from ..protocol import Lease, RenewRequest, ReportRequest, ReportResponse, Result, StealRequest, StealResponse
+from ..logs import bind_cause
 from .grid import Grid
 from .peers import PeerError
 from .pool import WorkerPool
@@ -31,18 +32,37 @@ class Runner:
         self.outbox_event = asyncio.Event()
         self.empty_until: dict[str, float] = {}                   # peer -> don't ask before
         self.started_jobs = 0
+        self.waiting: dict[str, None] = {}  # leased, waiting for a worker (ordered)
+        self.avg_run = 0.1  # moving average of job run time (s): short jobs get a deeper prefetch
 
     @property
     def free(self) -> int:
         return self.size - len(self.running)
 
+    @property
+    def want(self) -> int:
+        """How many jobs to lease (or steal) now: the free workers plus a prefetch that waits in the pool.
+
+        Jobs are leased when fewer than `size` are held; `size` more wait for a worker (one lease
+        transaction or steal round trip per batch). Short jobs (< 5 ms on average) get 16 x `size`,
+        topped up once half of it is used, so a lease, a steal and a report carry many of them and
+        the workers never wait for a steal round trip; long jobs keep the shallow prefetch so a few
+        runners do not hoard work the others could run. 0: hold enough.
+        """
+        held = len(self.running)
+        if self.avg_run < 0.005:
+            depth = 16 * self.size
+            return self.size + depth - held if held < self.size + depth // 2 else 0
+        return 2 * self.size - held if held < self.size else 0
+
     async def loop(self) -> None:
         g = self.grid
         while not g.stopping:
-            if self.free > 0 and g.joined.is_set() and g.can_serve():
+            if self.want > 0 and g.joined.is_set() and g.can_serve():
+                bind_cause(prefix="run-")  # one causal id per lease or steal batch; its jobs' tasks inherit it
                 # prefetch up to `size` more local jobs: they wait for a worker in the pool, so short
                 # jobs need one lease transaction per batch instead of one per job
-                leases = g.lease_local(g.id, self.free + self.size)
+                leases = g.lease_local(g.id, self.want)
                 if leases:
                     g._counts_at = 0.0
                     self._dispatch(leases, g.id)
@@ -51,7 +71,7 @@ class Runner:
                     continue
             g.wake_runner.clear()
             try:
-                await asyncio.wait_for(g.wake_runner.wait(), timeout=0.05 if self.free > 0 else 1.0)
+                await asyncio.wait_for(g.wake_runner.wait(), timeout=0.05 if self.want > 0 else 1.0)
             except TimeoutError:
                 pass
 
@@ -65,7 +85,7 @@ class Runner:
                 best, best_n = m, n
         if best is None:
             return False
-        want = min(self.free, max(1, best_n // 2))
+        want = min(self.want, max(1, best_n // 2))
         try:
             resp = await g.peers.call(best.ip, best.port, "/peer/steal",
                                       StealRequest(runner=g.id, epoch=g.mem.ring.epoch, max_jobs=want),
@@ -88,31 +108,66 @@ class Runner:
                 continue
             t = asyncio.ensure_future(self._execute(lease, owner))
             self.running[jid] = (owner, t)
+            self.waiting[jid] = None
 
     async def _execute(self, lease: Lease, owner: str) -> None:
         g = self.grid
         rec = lease.record
         timeout = rec.spec.timeout or g.t.job_timeout
-        g.metrics.started.inc()
-        self.started_jobs += 1
         g.metrics.busy.set(len(self.running))
+
+        def started() -> None:
+            self.waiting.pop(rec.spec.id, None)
+            g.metrics.started.inc()
+            self.started_jobs += 1
+            if len(self.waiting) > self.size:  # deep prefetch: give it back if this job turns out long
+                asyncio.get_running_loop().call_later(0.02, self._check_long, rec.spec.id)
+        log.debug("job_started", job_id=rec.spec.id, node=g.id, owner=owner)
         try:
-            result = await self.pool.run(rec, timeout=timeout)
+            result = await self.pool.run(rec, timeout=timeout, on_start=started)
         except asyncio.CancelledError:
+            self.waiting.pop(rec.spec.id, None)
             self.running.pop(rec.spec.id, None)
             g.metrics.busy.set(len(self.running))
             raise
         except Exception as e:  # noqa: BLE001 - the pool failed, not the job: let the lease lapse
             log.error("pool_failed", job_id=rec.spec.id, error=repr(e))
+            self.waiting.pop(rec.spec.id, None)
             self.running.pop(rec.spec.id, None)
             return
         result.node = g.id
         result.attempts = rec.attempts
+        took = max(0.0, result.finished_at - result.started_at)
+        self.avg_run += 0.2 * (took - self.avg_run)
+        if took >= 0.005 and len(self.waiting) > self.size:
+            self._give_back()
+        log.debug("job_finished", job_id=rec.spec.id, node=g.id, state=result.state)
         g.metrics.run_time.observe(max(0.0, result.finished_at - result.started_at))
         self.running.pop(rec.spec.id, None)
         g.metrics.busy.set(len(self.running))
         self.outbox[owner].append(result)
         self.outbox_event.set()
+        g.wake_runner.set()
+
+    def _check_long(self, jid: str) -> None:
+        if jid in self.running and jid not in self.waiting and len(self.waiting) > self.size:
+            self.avg_run = max(self.avg_run, 0.02)  # leave the deep prefetch until short jobs return
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Jobs turned out long: put the own prefetched jobs beyond `size` back, for other runners."""
+        g = self.grid
+        extra = [j for j in list(self.waiting)[self.size:] if self.running.get(j, ("",))[0] == g.id]
+        if not extra or not g.can_serve():
+            return
+        for jid in extra:
+            self.waiting.pop(jid, None)
+            held = self.running.pop(jid, None)
+            if held is not None:
+                held[1].cancel()
+        back = g.store.release(g.id, g.id, extra)
+        log.debug("prefetch_released", jobs=len(back), node=g.id)
+        g._counts_at = 0.0
         g.wake_runner.set()
 
     async def report_loop(self) -> None:
@@ -139,6 +194,11 @@ class Runner:
     async def _deliver(self, owner: str, results: list[Result]) -> list[Result]:
         """Report to the owner (or whoever covers it now); returns what still needs delivering."""
         g = self.grid
+        bind_cause(prefix="rep-")  # this delivery's causal id: it travels to the owner in the header
+        ids = [r.job_id for r in results]
+        log.info("results_reported", job_ids=ids, node=g.id, owner=owner)
+        for i in ids:
+            log.debug("job_reported", job_id=i, node=g.id, owner=owner)
         resp: ReportResponse | None
         if owner == g.id and g.mem.is_member:
             try:

@@ -206,6 +206,25 @@ class Store:
             self._write("UPDATE jobs SET state='queued', lease_holder=NULL, lease_until=NULL, not_before=?, "
                         "record=? WHERE id=?", [(r.not_before, _enc.encode(r), r.spec.id) for r in records])
 
+    def release(self, owner: str, holder: str, ids: Sequence[str]) -> list[str]:
+        """Give back leased jobs that never started (a runner's prefetch): queued again, attempt undone."""
+        out = []
+        with self._txn():
+            for chunk in _chunks(list(ids), 500):
+                marks = ",".join("?" * len(chunk))
+                rows = self.db.execute(f"SELECT id, record FROM jobs WHERE owner=? AND state='leased' AND "
+                                       f"lease_holder=? AND id IN ({marks})", (owner, holder, *chunk)).fetchall()
+                upd = []
+                for job_id, blob in rows:
+                    rec = _dec_job.decode(blob)
+                    rec.attempts = max(0, rec.attempts - 1)
+                    rec.state = "queued"
+                    upd.append((_enc.encode(rec), job_id))
+                    out.append(job_id)
+                self._write("UPDATE jobs SET state='queued', lease_holder=NULL, lease_until=NULL, record=? "
+                            "WHERE id=?", upd)
+        return out
+
     def requeue_all_leased(self, owner: str) -> int:
         with self._txn():
             cur = self.db.execute("UPDATE jobs SET state='queued', lease_holder=NULL, lease_until=NULL "
@@ -230,9 +249,10 @@ class Store:
                     unknown.append(res.job_id)
                     continue
                 t = (ttl or {}).get(res.job_id)
+                res.expires_at = now + t if t else None  # travels with the result: replicas expire it too
                 self.db.execute("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result) "
                                 "VALUES (?, ?, ?, ?, ?, ?)", (res.job_id, owner, res.state, now,
-                                                             now + t if t else None, _enc.encode(res)))
+                                                             res.expires_at, _enc.encode(res)))
                 self.db.execute("DELETE FROM jobs WHERE id=?", (res.job_id,))
                 recorded.append(res)
         return recorded, dups, unknown
@@ -241,8 +261,8 @@ class Store:
         now = time.time()
         with self._txn():
             self._write("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result) "
-                        "VALUES (?, ?, ?, ?, NULL, ?) ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner",
-                        [(r.job_id, owner, r.state, now, _enc.encode(r)) for r in results])
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner",
+                        [(r.job_id, owner, r.state, now, r.expires_at, _enc.encode(r)) for r in results])
             ids = list(drop) + [r.job_id for r in results]
             self._write("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
             self._write("DELETE FROM results WHERE job_id=? AND owner=?", [(i, owner) for i in drop])  # expired

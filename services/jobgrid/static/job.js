@@ -24,7 +24,7 @@ async function refresh() {
   const st = await get("/jobs/" + encodeURIComponent(jobId));
   if (!st.ok) { set("state", st.body.error || ("HTTP " + st.status)); return true; }
   const j = st.body;
-  set("kind", j.kind || ""); set("state", j.state); set("where", j.node || j.owner || "");
+  set("kind", j.kind || ""); set("name", j.name || ""); set("state", j.state); set("where", j.node || j.owner || "");
   set("attempts", j.attempts);
   document.getElementById("state").className = j.state;
   if (!["succeeded", "failed", "cancelled"].includes(j.state)) return false;
