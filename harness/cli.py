@@ -38,7 +38,7 @@ from jobgrid.history import HistoryRecorder, load_history, summary_line
 from .backend import NETEM_MISSING, PARTITIONS, apply_partition, netem_available
 from .errors import DockerUnavailable, HarnessError
 from .local import LocalCluster, NodeHandle
-from .workload import KINDS, Nemesis, judge, plots, promotions, remember_ids, run_workload
+from .workload import KINDS, Nemesis, judge, plots, promotions, ran_by_node, remember_ids, run_workload
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False)
@@ -413,7 +413,10 @@ def cmd_run(a: argparse.Namespace) -> int:
             "final_reads": result.get("timing", {}).get("final_reads", 0),
             "no_result_reasons": result.get("timing", {}).get("no_result", {}),
             "backend": backend, "nodes": a.nodes, "replicas": a.replicas, "jobs": a.jobs,
-            "duplicates_dropped": {k: v.get("duplicates_dropped", 0) for k, v in states.items()}})
+            "duplicates_dropped": {k: v.get("duplicates_dropped", 0) for k, v in states.items()},
+            "kinds": result.get("timing", {}).get("kinds", {}),
+            "results-checked": result.get("timing", {}).get("checked", 0),
+            "wrong-results": result.get("timing", {}).get("wrong", {})})
         (outdir / "results.json").write_text(json.dumps(out, indent=1, default=str))
         plots(outdir, t0, result.get("timing", {}), nem.windows)
     finally:
@@ -426,7 +429,20 @@ def cmd_run(a: argparse.Namespace) -> int:
         cluster.stop()
         if backend == "local":
             shutil.rmtree(workdir, ignore_errors=True)
-    colour = "green" if verdict.valid else "red"
+    timing = result.get("timing", {})
+    ok = verdict.valid and not timing.get("wrong_count")
+    colour = "green" if ok else "red"
+    if timing.get("ran_on"):
+        table = Table(title="jobs run per node")
+        table.add_column("node")
+        table.add_column("jobs", justify="right")
+        for name, count in ran_by_node(cluster, timing["ran_on"]).items():
+            table.add_row(name, str(count))
+        console.print(table)
+    if timing.get("kinds"):
+        console.print("job kinds: " + ", ".join(f"{k} {v}" for k, v in sorted(timing["kinds"].items())))
+    console.print(f"results checked against the expected value: {timing.get('checked', 0)}, "
+                  f"wrong: {timing.get('wrong_count', 0)}")
     console.print(f"[bold {colour}]{summary_line(verdict)}[/bold {colour}]")
     if proms:
         for p in proms:
@@ -435,7 +451,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         console.print("  no backup replicas were promoted")
     console.print(f"results in {outdir}")
-    return 0 if verdict.valid else 1
+    return 0 if ok else 1
 
 
 # ---- argparse ----------------------------------------------------------------------------------------------

@@ -16,29 +16,32 @@ from pathlib import Path
 from typing import Any
 
 from jobgrid import examples
-from jobgrid.client import AsyncClient, pickle_spec, script_spec
+from jobgrid.client import AsyncClient, build_spec, pickle_spec, script_spec
 from jobgrid.errors import JobCancelled, JobFailed, JobgridError, RemoteError
 from jobgrid.history import HistoryRecorder, check
 
 from .backend import NETEM_MISSING, apply_partition, netem_available
 from .errors import HarnessError
 
-KINDS = ("noop", "sleep", "cpu", "fail", "script", "mix")
+KINDS = ("noop", "sleep", "cpu", "fail", "script", "call", "mix")
 
 
 def make_spec(kind: str, i: int, rng: random.Random):
+    """A job of `kind` (mix: all three job kinds in turn) and the value a correct run returns."""
     if kind == "mix":
-        kind = ("noop", "sleep", "cpu", "script")[i % 4]
+        kind = ("noop", "sleep", "call", "cpu", "script")[i % 5]
     if kind == "noop":
-        return pickle_spec(examples.noop, (i,), {})
+        return pickle_spec(examples.noop, (i,), {}), i
     if kind == "sleep":
-        return pickle_spec(examples.sleep, (round(rng.uniform(0.05, 0.3), 3), i), {})
+        return pickle_spec(examples.sleep, (round(rng.uniform(0.05, 0.3), 3), i), {}), i
     if kind == "cpu":
-        return pickle_spec(examples.busy, (rng.randint(5, 30),), {})
+        return pickle_spec(examples.busy, (rng.randint(5, 30),), {}), None
     if kind == "fail":
-        return pickle_spec(examples.fail, (f"job {i} fails on purpose",), {})
+        return pickle_spec(examples.fail, (f"job {i} fails on purpose",), {}), {"error": "ValueError"}
     if kind == "script":
-        return script_spec(f"print({i} * 2)\n", name="harness-script")
+        return script_spec(f"print({i} * 2)\n", name="harness-script"), {"stdout": str(i * 2), "exit": 0}
+    if kind == "call":
+        return build_spec("call", target="jobgrid.examples:add", args=[i, i], name="add"), 2 * i
     raise HarnessError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
@@ -73,11 +76,19 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
     done = 0
     proc = "c1"
     no_result: dict[str, str] = {}   # acknowledged jobs whose future ended without a result, and why
+    expected: dict[str, Any] = {}     # job id -> the value a correct run returns (None: not checked)
+    wrong: dict[str, Any] = {}        # job id -> the value that came back instead
+    ran_on: dict[str, int] = {}       # node id -> jobs whose recorded result it ran
+    kinds: dict[str, int] = {}
+
+    def seen(res: Any) -> None:
+        ran_on[res.node] = ran_on.get(res.node, 0) + 1
 
     addrs = list(addresses)
     # one client per node, each trying its own node first: jobs are owned by the node that takes them,
     # so this spreads the queues over the whole grid (every client fails over to the others)
-    clients = [AsyncClient(addrs[k:] + addrs[:k], token=token, timeout=30.0) for k in range(len(addrs))]
+    clients = [AsyncClient(addrs[k:] + addrs[:k], token=token, timeout=30.0, on_result=seen)
+               for k in range(len(addrs))]
     client = clients[0]
     try:
 
@@ -89,14 +100,19 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
             if isinstance(exc, JobgridError) and not isinstance(exc, (JobFailed, RemoteError, JobCancelled)):
                 no_result[jid] = type(exc).__name__
                 return  # no result reached us (unknown job, grid unavailable): not a completion
-            recorder.ok(proc, "read", jid, value=_value(fut), delivery=True)
+            value = _value(fut)
+            recorder.ok(proc, "read", jid, value=value, delivery=True)
+            if expected.get(jid) is not None and value != expected[jid]:
+                wrong[jid] = value
             completions.append(time.monotonic())
             done += 1
             if on_progress:
                 on_progress(len(acked), done)
 
         async def one(i: int) -> None:
-            spec = make_spec(kind, i, rng)
+            spec, want = make_spec(kind, i, rng)
+            expected[spec.id] = want
+            kinds[spec.kind] = kinds.get(spec.kind, 0) + 1
             recorder.invoke(proc, "submit", spec.id)
             t0 = time.monotonic()
             try:
@@ -157,7 +173,10 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
             await c.close()
     return {"latencies": latencies, "completions": completions, "acked": len(acked), "unknown": len(unknown),
             "final_reads": final_reads, "no_result": dict(list(no_result.items())[:50]),
-            "pending": sum(1 for f in acked.values() if not f.done())}
+            "pending": sum(1 for f in acked.values() if not f.done()),
+            "ran_on": ran_on, "kinds": kinds, "wrong": dict(list(wrong.items())[:50]), "wrong_count": len(wrong),
+            "checked": sum(1 for j, f in acked.items() if f.done() and expected.get(j) is not None
+                           and j not in no_result)}
 
 
 def run_workload(addresses: Sequence[str], token: str | None, recorder: HistoryRecorder, **kw: Any) -> dict:
@@ -321,6 +340,16 @@ def promotions(cluster: Any) -> list[dict]:
             seen.add(key)
             out.append({**p, "dead_name": _name(names, p.get("dead")), "by_name": _name(names, p.get("by"))})
     return out
+
+
+def ran_by_node(cluster: Any, ran_on: dict[str, int]) -> dict[str, int]:
+    """Jobs per node name that ran them (a node's incarnations counted together)."""
+    names = {**getattr(cluster, "past_ids", {}), **{n.node_id: n.name for n in cluster.nodes if n.node_id}}
+    out: dict[str, int] = {}
+    for nid, count in ran_on.items():
+        name = _name(names, nid)
+        out[name] = out.get(name, 0) + count
+    return dict(sorted(out.items()))
 
 
 def plots(outdir: Path, t0: float, timing: dict, windows: list[dict]) -> list[Path]:

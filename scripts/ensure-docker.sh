@@ -6,6 +6,8 @@
 #    `apt-get update` only when something must be installed), start dockerd in the
 #    background with overlay2 (log: /var/log/dockerd-jobgrid.log) and wait up to 60 s;
 #    if overlay2 does not come up, kill that daemon and retry with vfs.
+#  - Also makes sure a compose tool exists (docker compose v2 plugin, else docker-compose v1),
+#    installing the first Debian package that has a candidate; warns (never fails) if none.
 # Prints one line saying what it did; exits non-zero with a clear message if it can't.
 set -u
 
@@ -17,7 +19,39 @@ die() { echo "ensure-docker: ERROR: $*" >&2; exit 1; }
 
 docker_answers() { command -v docker >/dev/null 2>&1 && timeout 10 docker info >/dev/null 2>&1; }
 
+# A compose tool for compose/docker-compose.yml (tests/docker/test_compose.py): the v2 plugin
+# if Debian has one, else docker-compose (v1). Never fatal: without one, that test fails clearly.
+compose_answers() {
+    { command -v docker >/dev/null 2>&1 && timeout 10 docker compose version >/dev/null 2>&1; } \
+        || command -v docker-compose >/dev/null 2>&1
+}
+ensure_compose() {
+    compose_answers && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "ensure-docker: WARNING: no compose tool and not root; tests/docker/test_compose.py will fail" >&2
+        return 0
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    local pkg cand
+    for attempt in cached updated; do
+        [ "$attempt" = updated ] && { apt-get update -qq >/dev/null 2>&1 || break; }
+        for pkg in docker-compose-v2 docker-compose-plugin docker-compose; do
+            cand=$(apt-cache policy "$pkg" 2>/dev/null | awk '/Candidate:/ {print $2}')
+            if [ -n "$cand" ] && [ "$cand" != "(none)" ]; then
+                if apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 && compose_answers; then
+                    echo "ensure-docker: installed compose tool ($pkg $cand)"
+                    return 0
+                fi
+            fi
+        done
+    done
+    echo "ensure-docker: WARNING: no compose package (docker-compose-v2, docker-compose-plugin," \
+         "docker-compose) could be installed; tests/docker/test_compose.py will fail" >&2
+    return 0
+}
+
 if docker_answers; then
+    ensure_compose
     drv=$(docker info --format '{{.Driver}}' 2>/dev/null || echo '?')
     echo "ensure-docker: Docker Engine already running (storage driver: $drv); nothing to do"
     exit 0
@@ -83,6 +117,7 @@ fi
 for driver in overlay2 vfs; do
     pid=$(start_dockerd "$driver")
     if wait_for_docker "$pid"; then
+        ensure_compose
         echo "ensure-docker: ${installed_msg}started dockerd (pid $pid, storage driver $driver, log $LOG)"
         exit 0
     fi

@@ -121,7 +121,37 @@ def _client(args: argparse.Namespace):
     return Client(addrs, token=_read_token(args), timeout=args.timeout)
 
 
+def _submit_repeat(args: argparse.Namespace) -> int:
+    """--repeat N: submit N copies in one batch; with --wait, a progress bar of N until all are in."""
+    import concurrent.futures as cf
+    from .client import script_spec
+    with _client(args) as c:
+        futs = c.submit_many([script_spec(Path(args.script), args.argv, timeout=args.job_timeout,
+                                          priority=args.priority) for _ in range(args.repeat)])
+        for f in futs:
+            out.print(f.job_id)
+        if not args.wait:
+            return 0
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        with Progress(TextColumn("results"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err) as prog:
+            task = prog.add_task("results", total=len(futs))
+            for _ in cf.as_completed(futs, timeout=args.wait_timeout):
+                prog.advance(task)
+        results = [c.wait_result(f.job_id, timeout=args.wait_timeout) for f in futs]
+        bad = [r for r in results if r.state != "succeeded"]
+        colour = "red" if bad else "green"
+        out.print(f"[{colour}]{len(results) - len(bad)}/{len(results)} succeeded, {len(bad)} failed[/]")
+        for r in bad:
+            _print_result(r)
+        return 1 if bad else 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
+    if args.repeat != 1:
+        if args.repeat < 1:
+            raise ConfigError("--repeat must be at least 1")
+        return _submit_repeat(args)
     with _client(args) as c:
         fut = c.submit_script(Path(args.script), args.argv, timeout=args.job_timeout, priority=args.priority)
         out.print(fut.job_id)
@@ -278,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--wait-timeout", type=float, default=None)
     sm.add_argument("--job-timeout", type=float)
     sm.add_argument("--priority", type=int, default=0)
+    sm.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="submit N copies; with --wait, a progress bar until all N results are in, "
+                         "then a one-line summary and each failure")
     client_opts(sm)
     sm.set_defaults(fn=cmd_submit)
 

@@ -111,7 +111,9 @@ class AsyncClient:
     """`AsyncClient("http://127.0.0.1:8000")` or a list of addresses for failover."""
 
     def __init__(self, address: str | Sequence[str] = "http://127.0.0.1:8000", *, token: str | None = None,
-                 ssl: ssl_mod.SSLContext | None = None, timeout: float = 30.0) -> None:
+                 ssl: ssl_mod.SSLContext | None = None, timeout: float = 30.0,
+                 on_result: Callable[[Result], None] | None = None) -> None:
+        """`on_result`, if given, sees every result record that resolves a future (node, timings...)."""
         addrs = [address] if isinstance(address, str) else list(address)
         if not addrs:
             raise ConfigError("give at least one node address")
@@ -125,6 +127,7 @@ class AsyncClient:
         self._waiter: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._submits: GroupCommit[JobSpec, SubmitResponse] = GroupCommit(self._flush_submits, max_items=5000)
+        self._on_result = on_result
         self._closed = False
         self._learned = False
         self._reached = False  # some node answered once: from then on an outage is waited out (failover)
@@ -323,6 +326,8 @@ class AsyncClient:
                         f.set_exception(JobNotFound(f"no server knows job {jid}"))
 
     def _resolve(self, res: Result) -> None:
+        if self._on_result is not None and res.job_id in self._futures:
+            self._on_result(res)
         for f in self._futures.pop(res.job_id, []):
             if f.done():
                 continue
