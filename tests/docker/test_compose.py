@@ -21,6 +21,8 @@ import pytest
 
 from jobgrid import Client, examples
 
+from dockerutil import docker_unavailable
+
 pytestmark = pytest.mark.docker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,24 +30,18 @@ COMPOSE_FILE = ROOT / "compose" / "docker-compose.yml"
 INTERNAL = Path(__file__).with_name("compose-internal.yml")
 
 
-def _unavailable(msg: str):
-    if os.environ.get("JOBGRID_SKIP_DOCKER") == "1":
-        pytest.skip(f"JOBGRID_SKIP_DOCKER=1 and {msg}")
-    pytest.fail(f"{msg}\n(run `sudo scripts/ensure-docker.sh`, or set JOBGRID_SKIP_DOCKER=1 to skip)",
-                pytrace=False)
-
 
 def compose_command() -> list[str]:
     """`docker compose` (v2) when it answers, else `docker-compose` (v1); fail clearly if neither."""
     if shutil.which("docker") is None:
-        _unavailable("no docker CLI on PATH")
+        docker_unavailable("no docker CLI on PATH")
     if subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode != 0:
-        _unavailable("the Docker Engine does not answer `docker info`")
+        docker_unavailable("the Docker Engine does not answer `docker info`")
     if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    _unavailable("no compose tool: neither `docker compose` nor `docker-compose` is installed "
+    docker_unavailable("no compose tool: neither `docker compose` nor `docker-compose` is installed "
                  "(scripts/ensure-docker.sh installs docker-compose)")
     raise AssertionError("unreachable")
 

@@ -10,14 +10,15 @@ unless JOBGRID_SKIP_DOCKER=1 is set, in which case they are skipped.
 
 from __future__ import annotations
 
-import os
 import secrets
 
 import pytest
 
 from harness import scenarios
-from harness.errors import DockerUnavailable, HarnessError
-from harness.images import docker_client, ensure_images
+from harness.errors import HarnessError
+from harness.images import ensure_images
+
+from dockerutil import connect
 
 pytestmark = pytest.mark.docker
 
@@ -26,12 +27,7 @@ LABEL = "jobgrid.harness"
 
 @pytest.fixture(scope="session")
 def docker():
-    try:
-        cli = docker_client()
-    except DockerUnavailable as exc:
-        if os.environ.get("JOBGRID_SKIP_DOCKER") == "1":
-            pytest.skip(f"JOBGRID_SKIP_DOCKER=1 and {exc}")
-        pytest.fail(f"{exc}\n(run `sudo scripts/ensure-docker.sh`, or set JOBGRID_SKIP_DOCKER=1)", pytrace=False)
+    cli = connect()
     yield cli
     cli.close()
 

@@ -6,13 +6,13 @@ FAIL, unless JOBGRID_SKIP_DOCKER=1 is set, in which case they are skipped.
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
-from harness.errors import DockerUnavailable
-from harness.images import BASE_TAG, NODE_TAG, build_base_image, build_node_image, docker_client
+from harness.images import BASE_TAG, NODE_TAG, build_base_image, build_node_image
+
+from dockerutil import connect
 
 pytestmark = pytest.mark.docker
 
@@ -21,16 +21,7 @@ LABEL = "jobgrid.test=test_images"
 
 @pytest.fixture(scope="module")
 def client():
-    try:
-        cli = docker_client()
-    except DockerUnavailable as exc:
-        if os.environ.get("JOBGRID_SKIP_DOCKER") == "1":
-            pytest.skip(f"JOBGRID_SKIP_DOCKER=1 and {exc}")
-        pytest.fail(
-            f"{exc}\n(these tests need Docker: run `sudo scripts/ensure-docker.sh`, "
-            "or set JOBGRID_SKIP_DOCKER=1 to skip them)",
-            pytrace=False,
-        )
+    cli = connect()
     yield cli
     # Remove anything this module started and left behind (normally nothing).
     for c in cli.containers.list(all=True, filters={"label": LABEL}):
