@@ -452,7 +452,11 @@ class Client:
 
     def __init__(self, address: str | Sequence[str] = "http://127.0.0.1:8000", *, token: str | None = None,
                  ssl: ssl_mod.SSLContext | None = None, timeout: float = 30.0) -> None:
-        self._loop = asyncio.new_event_loop()
+        try:
+            import uvloop  # noqa: PLC0415 - optional speed-up, as in the node
+            self._loop = uvloop.new_event_loop()
+        except ImportError:
+            self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="jobgrid-client", daemon=True)
         self._thread.start()
         self._aio: AsyncClient = self._run(self._make(address, token, ssl, timeout))

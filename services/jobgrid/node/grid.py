@@ -648,12 +648,14 @@ class Grid:
                              not_before=controls.initial_not_before(s.run_at, s.after)) for g in groups for s in g]
         fresh = set(self.store.put_jobs(records))
         if fresh:
+            c = self._counts  # count the new jobs in: a recount scans the whole queue (O(queued) per flush)
+            self._counts = {**c, "queued": c["queued"] + len(fresh), "active": c["active"] + len(fresh)}
+            # the rows are committed here: a runner may start them while the replicas are written (the ack
+            # still waits for them; a job whose replication fails stays queued here either way)
+            self.wake_runner.set()
             await self.replicate(ReplicateRequest(sender=self.id, epoch=0,
                                                   jobs=[r for r in records if r.spec.id in fresh]))
             self.metrics.submitted.inc(len(fresh))
-            c = self._counts  # count the new jobs in: a recount scans the whole queue (O(queued) per flush)
-            self._counts = {**c, "queued": c["queued"] + len(fresh), "active": c["active"] + len(fresh)}
-            self.wake_runner.set()
         return [([s.id for s in g if s.id in fresh], [s.id for s in g if s.id not in fresh]) for g in groups]
 
     # ---- leases (local runners and thieves) ----------------------------------------------------------

@@ -53,6 +53,8 @@ class Runner:
         if self.avg_run < 0.005:
             depth = 16 * self.size
             return self.size + depth - held if held < self.size + depth // 2 else 0
+        if self.avg_run >= 0.05:  # long jobs: a lease (or steal) per job costs little next to the job, and a
+            return self.size - held  # held-back job would keep an idle runner elsewhere waiting at the end
         return 2 * self.size - held if held < self.size else 0
 
     async def loop(self) -> None:
