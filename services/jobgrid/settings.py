@@ -66,6 +66,7 @@ class NodeSettings:
     max_body: int = 64 * 1024 * 1024
     max_conns_per_client: int = 64
     max_crashes: int = 3
+    peer_transport: str = "stream"  # "stream": peer messages over one WebSocket per peer; "http": a request each
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -77,6 +78,8 @@ class NodeSettings:
             raise ConfigError(f"--replicas must be 1-16, got {self.replicas}")
         if self.join is not None and not (0 < self.join[1] < 65536):
             raise ConfigError(f"join port must be 1-65535, got {self.join[1]}")
+        if self.peer_transport not in ("stream", "http"):
+            raise ConfigError(f"peer transport must be stream or http, got {self.peer_transport!r}")
         if self.max_queued < 1:
             raise ConfigError("max_queued must be at least 1")
         if self.token is not None and len(self.token) < 16:

@@ -45,7 +45,8 @@ class Node:
         self.metrics = Metrics()
         self.peers = Peers(token=settings.token, scheme=settings.scheme, ssl_context=client_ssl(settings),
                            timeout=max(5.0, settings.timing.failure_timeout),
-                           local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None)
+                           local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None,
+                           stream=settings.peer_transport == "stream")
         self.grid = Grid(settings, self.peers, self.metrics)
         self.pool: WorkerPool | None = None
         self.runner: Runner | None = None
@@ -58,6 +59,10 @@ class Node:
                                                                 self.settings.max_conns_per_client))
         app["grid"] = self.grid
         app.add_routes(routes(self.grid, self.extra))
+
+        async def close_streams(_: web.Application) -> None:  # after the listener stops, before the drain
+            await self.extra["streams"].close()  # an open WebSocket would hold the drain for its whole timeout
+        app.on_shutdown.append(close_streams)
         from ..dashboard import add_dashboard  # noqa: PLC0415 - optional part, kept out of the core
         add_dashboard(app, self.grid, self.extra)
         return app

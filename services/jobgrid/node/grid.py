@@ -375,6 +375,15 @@ class Grid:
         ring = self.mem.ring if (not member or hb.epoch < self.mem.ring.epoch) else None
         return HeartbeatReply(epoch=self.mem.ring.epoch, active=self.counts()["queued"], member=member, ring=ring)
 
+    def on_ring(self, ann: JoinAnnounce) -> RingState:
+        """A ring announced by a joiner or the leader: adopt it if it is newer."""
+        ids = [m.id for m in ann.ring.members]
+        locs = [m.location for m in ann.ring.members]
+        if len(set(ids)) != len(ids) or len(set(locs)) != len(locs):
+            raise ProtocolError("ring has duplicate member ids or locations", 422)
+        self.apply_ring(ann.ring)
+        return self.mem.ring
+
     def on_lock(self, req: LockRequest) -> LockResponse:
         granted = self.add_lock.acquire(req.holder, time.monotonic(), req.ttl)
         return LockResponse(granted=granted, holder=self.add_lock.current(time.monotonic()), ring=self.mem.ring)
@@ -702,6 +711,9 @@ class Grid:
             await controls.expire_results(self)
 
     # ---- results ----------------------------------------------------------------------------------------
+    async def on_report(self, req: ReportRequest) -> ReportResponse:
+        return await self.report(req.results)
+
     async def report(self, results: list[Result]) -> ReportResponse:
         self.require_serving()
         return await self.reports.submit(results)

@@ -22,6 +22,7 @@ from ..protocol import (
     WaitResponse, JobId, JobRecord, Result,
 )
 from .grid import Grid, Unavailable
+from .stream import STREAM_PATH, StreamBinding, StreamServer
 
 log = structlog.get_logger("jobgrid.http")
 
@@ -31,6 +32,20 @@ BODY_TIMEOUT = 30.0  # seconds for a client to send its whole body (slow-client 
 _job_id_type = msgspec.json.Decoder(JobId)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# every POST /peer/* message: its type and the Grid method that answers it
+PEER_MESSAGES: dict[str, tuple[type, str]] = {
+    "/peer/heartbeat": (Heartbeat, "on_heartbeat"),
+    "/peer/ring": (JoinAnnounce, "on_ring"),
+    "/peer/lock": (LockRequest, "on_lock"),
+    "/peer/unlock": (UnlockRequest, "on_unlock"),
+    "/peer/replicate": (ReplicateRequest, "on_replicate"),
+    "/peer/steal": (StealRequest, "on_steal"),
+    "/peer/report": (ReportRequest, "on_report"),
+    "/peer/renew": (RenewRequest, "on_renew"),
+    "/peer/handoff": (HandoffRequest, "on_handoff"),
+    "/peer/lookup": (LookupRequest, "on_lookup"),
+}
 
 
 def _fmt(request: web.Request) -> str:
@@ -55,6 +70,11 @@ async def body(request: web.Request, typ: type) -> Any:
             raw = await request.read()
     except TimeoutError:
         raise ProtocolError(f"request body not received within {BODY_TIMEOUT:.0f} s", 408) from None
+    return parse(raw, typ, ct)
+
+
+def parse(raw: bytes, typ: type, ct: str = MSGPACK) -> Any:
+    """Decode and validate a body: 400 for a malformed one, 422 naming the field for an invalid one."""
     if not raw:
         raise ProtocolError("empty request body", 400)
     try:
@@ -65,6 +85,29 @@ async def body(request: web.Request, typ: type) -> Any:
         raise ProtocolError(describe_error(e), 400) from None
 
 
+def failure(grid: Grid, path: str, e: Exception) -> tuple[int, bytes, str, dict[str, str]]:
+    """A handler's exception as (status, body, content type, headers): one mapping for HTTP and the stream."""
+    if isinstance(e, Unavailable):
+        return e.status, _error_body(str(e)), JSON, {"Retry-After": str(max(1, round(e.retry_after)))}
+    if isinstance(e, ProtocolError):
+        if e.status == 409 and path.startswith("/peer/"):  # fencing: the answer carries our ring
+            return 409, encode(grid.mem.ring, MSGPACK), MSGPACK, {}
+        return e.status, _error_body(str(e)), JSON, {}
+    if isinstance(e, StorageError):
+        log.error("storage_error", error=str(e), path=path)
+        return 507, _error_body(f"the node cannot write its store: {e}"), JSON, {}
+    if isinstance(e, web.HTTPException):
+        return e.status, _error_body(e.reason), JSON, {}
+    if isinstance(e, JobgridError):
+        return 503, _error_body(str(e)), JSON, {}
+    log.error("internal_error", path=path, exc_info=e)  # never a stack trace to the caller, never a dead node
+    return 500, _error_body(f"internal error ({type(e).__name__}); see the node's log"), JSON, {}
+
+
+def _error_body(message: str) -> bytes:
+    return encode({"error": message}, JSON)
+
+
 def make_middlewares(token: str | None, max_conns_per_client: int | None = None) -> list:
     secret = token.encode() if token else None
     in_flight: dict[str, int] = {}
@@ -73,7 +116,7 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
     async def per_client_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
         """At most `max_conns_per_client` requests in flight per client IP; above that 429."""
         peer = request.remote or "?"
-        if max_conns_per_client is None or request.path in PUBLIC:
+        if max_conns_per_client is None or request.path in PUBLIC or request.path == STREAM_PATH:
             return await handler(request)
         if in_flight.get(peer, 0) >= max_conns_per_client:
             return error(request, 429, f"too many concurrent requests from {peer} "
@@ -112,25 +155,13 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
                 return resp
         try:
             return await handler(request)
-        except Unavailable as e:
-            return error(request, e.status, str(e), **{"Retry-After": str(max(1, round(e.retry_after)))})
-        except ProtocolError as e:
-            if e.status == 409 and request.path.startswith("/peer/"):
-                grid: Grid = request.app["grid"]
-                return web.Response(body=encode(grid.mem.ring, MSGPACK), status=409, content_type=MSGPACK)
-            return error(request, e.status, str(e))
-        except StorageError as e:
-            log.error("storage_error", error=str(e), path=request.path)
-            return error(request, 507, f"the node cannot write its store: {e}")
         except web.HTTPException as e:
             if e.status >= 400 and not e.text.startswith("{"):
                 return error(request, e.status, e.reason)
             raise
-        except JobgridError as e:
-            return error(request, 503, str(e))
-        except Exception as e:  # noqa: BLE001 - never a stack trace to the client, never a dead node
-            log.exception("internal_error", path=request.path)
-            return error(request, 500, f"internal error ({type(e).__name__}); see the node's log")
+        except Exception as e:  # noqa: BLE001 - mapped to a status by `failure`
+            status, raw, ct, headers = failure(request.app["grid"], request.path, e)
+            return web.Response(body=raw, status=status, content_type=ct, headers=headers)
 
     return [causal, per_client_cap, guard]
 
@@ -205,12 +236,11 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         grid.counts()
         return web.Response(body=grid.metrics.render(), content_type="text/plain")
 
-    # ---- peer endpoints: decode the message, let the grid answer, encode the answer ----
-    def peer(typ: type, handle: str | Callable[[Any], Any]) -> Handler:
-        """A route for a peer message; `handle` is a Grid method name or a function of the message."""
+    # ---- peer endpoints: one table (PEER_MESSAGES), served as HTTP routes and over the peer stream ----
+    def peer(typ: type, name: str) -> Handler:
         async def route(request: web.Request) -> web.Response:
-            fn = getattr(grid, handle) if isinstance(handle, str) else handle
-            answer = fn(await body(request, typ))
+            grid.metrics.peer_messages.labels("http").inc()
+            answer = getattr(grid, name)(await body(request, typ))
             if inspect.isawaitable(answer):
                 answer = await answer
             return reply(request, answer)
@@ -219,40 +249,26 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
     async def p_ring_get(request: web.Request) -> web.Response:
         return reply(request, grid.mem.ring)
 
-    def adopt_ring(ann: JoinAnnounce) -> Any:
-        _check_ring(ann.ring)
-        grid.apply_ring(ann.ring)
-        return grid.mem.ring
+    def bind(request: web.Request) -> StreamBinding:
+        g: Grid = request.app["grid"]
 
-    p_heartbeat = peer(Heartbeat, "on_heartbeat")
-    p_ring_post = peer(JoinAnnounce, adopt_ring)
-    p_lock = peer(LockRequest, "on_lock")
-    p_unlock = peer(UnlockRequest, "on_unlock")
-    p_replicate = peer(ReplicateRequest, "on_replicate")
-    p_steal = peer(StealRequest, "on_steal")
-    p_report = peer(ReportRequest, lambda req: grid.report(req.results))
-    p_renew = peer(RenewRequest, "on_renew")
-    p_handoff = peer(HandoffRequest, "on_handoff")
-    p_lookup = peer(LookupRequest, "on_lookup")
+        def answer_error(path: str, e: Exception) -> tuple[int, bytes]:
+            status, raw, _, _ = failure(g, path, e)
+            return status, raw
+        table = {path: (typ, getattr(g, name)) for path, (typ, name) in PEER_MESSAGES.items()}
+        return StreamBinding(table, parse, answer_error, g.s.max_body, g.metrics.peer_messages.labels("stream").inc)
+
+    streams = StreamServer(bind)
+    extra["streams"] = streams  # the node closes them on shutdown
 
     return [
         web.get("/healthz", healthz), web.get("/servers", servers), web.post("/jobs", submit),
         web.get("/jobs", list_jobs), web.get("/jobs/{id}", job_status), web.get("/jobs/{id}/result", job_result),
         web.post("/jobs/cancel", cancel), web.post("/results/wait", wait), web.get("/results", recent),
         web.get("/state", state), web.get("/metrics", metrics),
-        web.post("/peer/heartbeat", p_heartbeat), web.get("/peer/ring", p_ring_get),
-        web.post("/peer/ring", p_ring_post), web.post("/peer/lock", p_lock), web.post("/peer/unlock", p_unlock),
-        web.post("/peer/replicate", p_replicate), web.post("/peer/steal", p_steal),
-        web.post("/peer/report", p_report), web.post("/peer/renew", p_renew),
-        web.post("/peer/handoff", p_handoff), web.post("/peer/lookup", p_lookup),
+        web.get("/peer/ring", p_ring_get), web.get(STREAM_PATH, streams.route),
+        *(web.post(path, peer(typ, name)) for path, (typ, name) in PEER_MESSAGES.items()),
     ]
-
-
-def _check_ring(ring) -> None:
-    ids = [m.id for m in ring.members]
-    locs = [m.location for m in ring.members]
-    if len(set(ids)) != len(ids) or len(set(locs)) != len(locs):
-        raise ProtocolError("ring has duplicate member ids or locations", 422)
 
 
 def _status(rec, state: str) -> JobStatus:

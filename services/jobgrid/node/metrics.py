@@ -26,6 +26,8 @@ class Metrics:
         self.backup = Gauge("jobgrid_backup_queue", "Replicas in the backupQueue", registry=r)
         self.ring_size = Gauge("jobgrid_ring_size", "Servers on the ring", registry=r)
         self.epoch = Gauge("jobgrid_ring_epoch", "Epoch of the ring this node follows", registry=r)
+        self.peer_messages = Counter("jobgrid_peer_messages", "Peer messages this node answered, by transport",
+                                     ["transport"], registry=r)
         self.busy = Gauge("jobgrid_runners_busy", "Worker processes running a job", registry=r)
 
     def render(self) -> bytes:

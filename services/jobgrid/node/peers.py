@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any, TypeVar
 
@@ -10,6 +11,7 @@ import aiohttp
 from ..codec import MSGPACK, decode, encode
 from ..errors import GridUnavailable, ProtocolError
 from ..logs import CAUSE_HEADER, current_cause
+from .stream import Link
 
 T = TypeVar("T")
 
@@ -25,7 +27,7 @@ class PeerError(GridUnavailable):
 
 class Peers:
     def __init__(self, *, token: str | None, scheme: str = "http", ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 5.0, local_host: str | None = None) -> None:
+                 timeout: float = 5.0, local_host: str | None = None, stream: bool = True) -> None:
         self.token = token
         self.scheme = scheme
         self.ssl = ssl_context
@@ -33,6 +35,9 @@ class Peers:
         # bind outgoing connections to our own address, so links between nodes on 127.0.0.x can be cut
         self.local_addr = (local_host, 0) if local_host else None
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        # POST /peer/* messages go over one WebSocket per peer (stream.py) unless `stream` is off
+        self.stream = stream
+        self._links: dict[str, Link] = {}
         self._closed = False
 
     def _session(self, base: str) -> aiohttp.ClientSession:
@@ -55,29 +60,51 @@ class Peers:
                    timeout: float | None = None, method: str = "POST") -> T:
         if self._closed:
             raise PeerError("node is stopping")
-        s = self._session(self.base(host, port))
+        base = self.base(host, port)
+        s = self._session(base)
         data = encode(body, MSGPACK) if body is not None else None
         cause = current_cause()  # the message carries its causal id onward
+        if self.stream and method == "POST" and data is not None and path.startswith("/peer/"):
+            link = self._links.get(base)
+            if link is None:
+                link = self._links[base] = Link(s)
+            try:
+                async with asyncio.timeout(timeout or self.timeout):
+                    status, raw = await link.call(path, data, cause)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise PeerError(f"{host}:{port}{path}: {type(e).__name__}: {e}") from None
+            return self._answer(host, port, path, status, raw, reply)
         try:
             async with s.request(method, path, data=data, headers={CAUSE_HEADER: cause} if cause else None,
                                  timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
                 raw = await r.read()
-                if r.status >= 400:
-                    raise PeerError(f"{host}:{port}{path} answered {r.status}: {raw[:300]!r}", r.status, raw)
-                try:
-                    return decode(raw, reply, MSGPACK)
-                except Exception as e:  # a peer of another version or a liar
-                    raise ProtocolError(f"{host}:{port}{path}: bad reply: {e}", 502) from None
+                status = r.status
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise PeerError(f"{host}:{port}{path}: {type(e).__name__}: {e}") from None
+        return self._answer(host, port, path, status, raw, reply)
+
+    @staticmethod
+    def _answer(host: str, port: int, path: str, status: int, raw: bytes, reply: type[T]) -> T:
+        if status >= 400:
+            raise PeerError(f"{host}:{port}{path} answered {status}: {raw[:300]!r}", status, raw)
+        try:
+            return decode(raw, reply, MSGPACK)
+        except Exception as e:  # a peer of another version or a liar
+            raise ProtocolError(f"{host}:{port}{path}: bad reply: {e}", 502) from None
 
     async def forget(self, host: str, port: int) -> None:
+        link = self._links.pop(self.base(host, port), None)
+        if link is not None:
+            await link.close()
         s = self._sessions.pop(self.base(host, port), None)
         if s is not None:
             await s.close()
 
     async def close(self) -> None:
         self._closed = True
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()
         for s in list(self._sessions.values()):
             await s.close()
         self._sessions.clear()
