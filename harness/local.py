@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -54,6 +55,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def listen_port(hosts: Sequence[str]) -> int:
+    """A port free on every one of `hosts`, below the kernel's ephemeral range: the nodes' own outgoing
+    connections (bound to their addresses) take ephemeral ports, so a cluster started later could
+    otherwise find its port taken by one of them on some address."""
+    low, high = 20000, 32767
+    try:
+        low_eph = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+        high = min(high, low_eph - 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(200):
+        port = random.randint(low, high)
+        try:
+            for h in hosts:
+                with socket.socket() as s:
+                    s.bind((h, port))
+            return port
+        except OSError:
+            continue
+    return free_port(hosts[0])
+
+
 class LocalCluster(ClusterBase):
     """N node processes on this machine. Every process and rule it makes is removed by `stop()`."""
 
@@ -75,7 +98,7 @@ class LocalCluster(ClusterBase):
         self.env = env or {}
         # distinct address block per cluster, so clusters in one test run never collide
         self.first_octet = first_octet if first_octet is not None else 10 + (os.getpid() % 20) * 10
-        self.port = port or free_port()
+        self.port = port or listen_port([self._host(i) for i in range(8)])
         self.nodes: list[NodeHandle] = []
         self.chain = f"JG{os.getpid() % 100000}{self.port}"[:28]
         self._chain_made = False
@@ -95,10 +118,13 @@ class LocalCluster(ClusterBase):
             cmd += ["--token-file", str(tf)]
         return cmd
 
+    def _host(self, i: int) -> str:
+        o = self.first_octet
+        return f"127.0.{o // 256}.{o % 256 + i}" if o >= 256 else f"127.0.0.{o + i}"
+
     def add_node(self) -> NodeHandle:
         i = len(self.nodes)
-        host = f"127.0.{self.first_octet // 256}.{self.first_octet % 256 + i}" if self.first_octet >= 256 else \
-            f"127.0.0.{self.first_octet + i}"
+        host = self._host(i)
         node = NodeHandle(name=f"n{i + 1}", host=host, port=self.port, data_dir=self.workdir / f"n{i + 1}",
                           log_path=self.workdir / f"n{i + 1}.log",
                           scheme="https" if self.ssl_context else "http")

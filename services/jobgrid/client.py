@@ -23,17 +23,21 @@ import aiohttp
 import cloudpickle
 import msgspec
 
-from .codec import MSGPACK, decode, encode
+from .codec import JSON, MSGPACK, decode, encode
 from .logs import CAUSE_HEADER, new_cause
 from .errors import (
     ConfigError, GridUnavailable, JobCancelled, JobFailed, JobNotFound, JobTimeout, ProtocolError, RemoteError,
 )
 from .node.batching import GroupCommit
+from .node.stream import STREAM_PATH, Link
 from .protocol import (
     CancelRequest, JobSpec, Result, ServerList, SubmitRequest, SubmitResponse, WaitRequest, WaitResponse,
 )
 
 _WAIT_WINDOW = 512
+_STREAMED = frozenset({"/jobs", "/results/wait"})  # sent over the node's stream (see AsyncClient._send)
+_LINGER = 0.003  # s a node may hold the ack of a small submission for its results (see _flush_submits)
+_LINGER_MAX_JOBS = 16
 _FIRST_CONTACT = 2.0  # seconds to keep trying addresses that never answered before giving up
 
 
@@ -132,6 +136,9 @@ class AsyncClient:
         self._learned = False
         self._reached = False  # some node answered once: from then on an outage is waited out (failover)
         self._unacked: dict[str, asyncio.Future] = {}
+        self._early: dict[str, Result] = {}  # results that came with an ack, for futures not tracked yet
+        self._links: dict[str, Link] = {}  # node base URL -> its stream
+        self._streaming = True
 
     # ---- transport ---------------------------------------------------------------------------------
     def _sess(self) -> aiohttp.ClientSession:
@@ -148,36 +155,56 @@ class AsyncClient:
         """One request; on a connection failure or 503, try the other nodes it knows."""
         last: Exception | None = None
         tries = len(self.addresses) if retry_other_nodes else 1
+        data = encode(body, MSGPACK) if body is not None else None
         for _ in range(max(1, tries)):
             base = self.addresses[self._current % len(self.addresses)]
             try:
-                data = encode(body, MSGPACK) if body is not None else None
-                headers = {"Content-Type": MSGPACK} if data else {}
-                if cause:
-                    headers[CAUSE_HEADER] = cause
-                async with self._sess().request(
-                        method, base + path, data=data, headers=headers or None,
-                        timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
-                    raw = await r.read()
-                    self._reached = True
-                    if r.status == 401:
-                        raise ProtocolError("the node refused the cluster token (401): set JOBGRID_TOKEN or "
-                                            "pass token=", 401)
-                    if r.status in (502, 503, 504):
-                        last = GridUnavailable(f"{base}: {_err(raw)}")
-                        self._rotate()
-                        continue
-                    if r.status == 404:
-                        raise JobNotFound(_err(raw))
-                    if r.status >= 400:
-                        raise ProtocolError(f"{base}{path}: {_err(raw)}", r.status)
-                    return decode(raw, reply, r.content_type if r.content_type == MSGPACK else "application/json")
+                status, raw, ctype = await self._send(base, method, path, data, cause, timeout or self.timeout)
             except (aiohttp.ClientConnectionError, OSError, TimeoutError) as e:
                 last = GridUnavailable(f"{base}: {type(e).__name__}: {e}")
                 self._rotate()
                 if not self._learned:
                     await self._learn_servers()
+                continue
+            self._reached = True
+            if status == 401:
+                raise ProtocolError("the node refused the cluster token (401): set JOBGRID_TOKEN or pass token=", 401)
+            if status in (502, 503, 504):
+                last = GridUnavailable(f"{base}: {_err(raw)}")
+                self._rotate()
+                continue
+            if status == 404:
+                raise JobNotFound(_err(raw))
+            if status >= 400:
+                raise ProtocolError(f"{base}{path}: {_err(raw)}", status)
+            return decode(raw, reply, ctype)
         raise last or GridUnavailable("no node answered")
+
+    async def _send(self, base: str, method: str, path: str, data: bytes | None, cause: str | None,
+                    timeout: float) -> tuple[int, bytes, str]:
+        """(status, body, content type) of one request: submissions and result waits over the node's
+        stream (one WebSocket, opened once), everything else as an HTTP request."""
+        if self._streaming and method == "POST" and path in _STREAMED and data is not None:
+            link = self._links.get(base)
+            if link is None:
+                link = self._links[base] = Link(self._sess(), base + STREAM_PATH)
+            try:
+                async with asyncio.timeout(timeout):
+                    status, raw = await link.call(path, data, cause)
+                return status, raw, MSGPACK if status < 400 else JSON
+            except aiohttp.WSServerHandshakeError as e:
+                if e.status == 401:
+                    return 401, b"", JSON
+                if e.status != 404:
+                    raise aiohttp.ClientConnectionError(f"stream refused: {e.status} {e.message}") from None
+                self._streaming = False  # a node without the stream: plain requests from now on
+        headers = {"Content-Type": MSGPACK} if data else {}
+        if cause:
+            headers[CAUSE_HEADER] = cause
+        async with self._sess().request(method, base + path, data=data, headers=headers or None,
+                                        timeout=aiohttp.ClientTimeout(total=timeout)) as r:
+            raw = await r.read()
+            return r.status, raw, MSGPACK if r.content_type == MSGPACK else JSON
 
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
@@ -206,8 +233,7 @@ class AsyncClient:
         fut = asyncio.get_running_loop().create_future()
         fut.job_id = spec.id  # type: ignore[attr-defined]
         await self._submits.submit([spec])
-        self._futures.setdefault(spec.id, []).append(fut)  # only acknowledged ids are waited for
-        self._ensure_waiter()
+        self._track(spec.id, fut)  # only acknowledged ids are waited for
         return fut
 
     def submit_detached(self, spec: JobSpec) -> asyncio.Future:
@@ -224,8 +250,7 @@ class AsyncClient:
                 if not fut.done():
                     fut.set_exception(err)
                 return
-            self._futures.setdefault(spec.id, []).append(fut)
-            self._ensure_waiter()
+            self._track(spec.id, fut)
         ack.add_done_callback(acked)
         return fut
 
@@ -241,10 +266,15 @@ class AsyncClient:
         start = time.monotonic()
         end = start + self.timeout
         cause = new_cause("sub-")  # the batch's causal id: the nodes' log lines about these jobs carry it
+        # a small batch lets the node hold the ack up to _LINGER for the jobs' results (short jobs then
+        # need no wait request); a large one is acked at once
+        linger = _LINGER if len(specs) <= _LINGER_MAX_JOBS else 0.0
         while True:
             try:
-                resp: SubmitResponse = await self._call("POST", "/jobs", SubmitRequest(jobs=specs, retry=retry),
-                                                        SubmitResponse, cause=cause)
+                resp: SubmitResponse = await self._call(
+                    "POST", "/jobs", SubmitRequest(jobs=specs, retry=retry, linger=linger), SubmitResponse, cause=cause)
+                for res in resp.results:
+                    self._early[res.job_id] = res
                 return [resp] * len(groups)
             except GridUnavailable as e:
                 if not self._reached and time.monotonic() > start + min(_FIRST_CONTACT, self.timeout):
@@ -284,12 +314,20 @@ class AsyncClient:
             for s in chunk:
                 f = loop.create_future()
                 f.job_id = s.id  # type: ignore[attr-defined]
-                self._futures.setdefault(s.id, []).append(f)
+                self._track(s.id, f)
                 futs.append(f)
-            self._ensure_waiter()
         return futs
 
     # ---- results -----------------------------------------------------------------------------------------
+    def _track(self, job_id: str, fut: asyncio.Future) -> None:
+        """Resolve `fut` with the job's result: at once if it came with the ack, else from the wait loop."""
+        self._futures.setdefault(job_id, []).append(fut)
+        early = self._early.pop(job_id, None)
+        if early is not None:
+            self._resolve(early)
+        else:
+            self._ensure_waiter()
+
     def _ensure_waiter(self) -> None:
         self._wake.set()
         if self._waiter is None or self._waiter.done():
@@ -374,6 +412,9 @@ class AsyncClient:
         if self._waiter is not None:
             self._waiter.cancel()
             await asyncio.gather(self._waiter, return_exceptions=True)
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
         if self._session is not None:
             await self._session.close()
 

@@ -96,12 +96,16 @@ class Result(msgspec.Struct, omit_defaults=True):
 class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
     jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
     retry: bool = False  # a resubmission: the node first asks the grid whether the ids exist
+    # after the ack is due, wait up to this long (s) for the results of the accepted jobs and send them
+    # with it: a short job's round trip then needs no wait request
+    linger: Annotated[float, msgspec.Meta(ge=0, le=0.05)] = 0.0
 
 
 class SubmitResponse(msgspec.Struct):
     accepted: list[str]
     existing: list[str]
     node: str
+    results: list[Result] = []  # results of accepted jobs that finished within the linger
 
 
 class WaitRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,6 +11,7 @@ import random
 import time
 import uuid
 from collections import defaultdict, deque
+from typing import Protocol
 from collections.abc import Sequence
 
 import msgspec
@@ -34,6 +35,15 @@ from .store import Store
 
 _ring_enc = msgspec.msgpack.Encoder()
 _ring_dec = msgspec.msgpack.Decoder(RingState)
+
+
+class LocalRunner(Protocol):
+    """What the grid needs of this node's runner to hand it new jobs directly."""
+
+    @property
+    def want(self) -> int: ...
+
+    def take(self, leases: list[Lease]) -> None: ...
 
 
 class Unavailable(ProtocolError):
@@ -70,6 +80,9 @@ class Grid:
         self.promotions: list[dict] = []
         self.events: deque[dict] = deque(maxlen=500)
         self.waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self.local_runner: LocalRunner | None = None  # set by the node's Runner
+        # results recorded here whose copies are still being written: not shown to clients until they are
+        self.unreplicated: set[str] = set()
         self.wake_runner = asyncio.Event()
         self.submits: GroupCommit[JobSpec, tuple[list[str], list[str]]] = GroupCommit(self._flush_submits)
         self.reports: GroupCommit[Result, ReportResponse] = GroupCommit(self._flush_reports)
@@ -655,10 +668,19 @@ class Grid:
         now = time.time()
         records = [JobRecord(spec=s, owner=self.id, submitted_at=now,
                              not_before=controls.initial_not_before(s.run_at, s.after)) for g in groups for s in g]
-        fresh = set(self.store.put_jobs(records))
+        # an idle local runner takes its jobs in the same transaction (the best queued ones, as its own
+        # lease would): no second transaction, no wake-up of the runner loop before the job starts
+        runner = self.local_runner
+        want = runner.want if runner is not None and self.joined.is_set() else 0
+        with self.store.transaction():
+            fresh = set(self.store.put_jobs(records))
+            leases = self.lease_local(self.id, want) if fresh and want > 0 else []
+        if leases and runner is not None:
+            runner.take(leases)
         if fresh:
             c = self._counts  # count the new jobs in: a recount scans the whole queue (O(queued) per flush)
-            self._counts = {**c, "queued": c["queued"] + len(fresh), "active": c["active"] + len(fresh)}
+            self._counts = {**c, "queued": c["queued"] + len(fresh) - len(leases),
+                            "active": c["active"] + len(fresh)}
             # the rows are committed here: a runner may start them while the replicas are written (the ack
             # still waits for them; a job whose replication fails stays queued here either way)
             self.wake_runner.set()
@@ -747,7 +769,12 @@ class Grid:
         self.duplicates_dropped += len(dups)
         self.metrics.duplicates.inc(len(dups))
         if recorded:
-            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=recorded))
+            fresh = [r.job_id for r in recorded]
+            self.unreplicated.update(fresh)
+            try:
+                await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=recorded))
+            finally:  # on failure the resync copies them later; until then they are this node's only copy
+                self.unreplicated.difference_update(fresh)
             now = time.time()
             for r in recorded:
                 (self.metrics.succeeded if r.state == "succeeded" else self.metrics.failed).inc()
@@ -817,12 +844,44 @@ class Grid:
             for ev in self.waiters.pop(i, ()):
                 ev.set()
 
+    def settled_results(self, ids: list[str]) -> dict[str, Result]:
+        """The results of `ids` recorded here with all their copies written."""
+        have = self.store.get_results(ids)
+        if self.unreplicated:
+            have = {k: v for k, v in have.items() if k not in self.unreplicated}
+        return have
+
+    async def results_within(self, ids: list[str], seconds: float) -> list[Result]:
+        """The settled results of `ids` (jobs this node just accepted) once all are in, or after `seconds`."""
+        end = time.monotonic() + seconds
+        ev = asyncio.Event()
+        for i in ids:
+            self.waiters[i].add(ev)
+        try:
+            while True:
+                have = self.settled_results(ids)
+                left = end - time.monotonic()
+                if len(have) == len(ids) or left <= 0:
+                    return list(have.values())
+                ev.clear()
+                try:
+                    await asyncio.wait_for(ev.wait(), timeout=left)
+                except TimeoutError:
+                    pass
+        finally:
+            for i in ids:
+                w = self.waiters.get(i)
+                if w is not None:
+                    w.discard(ev)
+                    if not w:
+                        self.waiters.pop(i, None)
+
     async def wait_results(self, ids: list[str], timeout: float) -> tuple[list[Result], list[str]]:
         """Results for `ids` as soon as at least one is known (or the timeout passes)."""
         end = time.monotonic() + timeout
         remote_checked = False
         while True:
-            have = self.store.get_results(ids)
+            have = self.settled_results(ids)
             if have:
                 return list(have.values()), []
             local = self.store.known_ids(ids)

@@ -177,13 +177,20 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def submit(request: web.Request) -> web.Response:
         req: SubmitRequest = await body(request, SubmitRequest)
+        resp = await submit_message(req)
+        return reply(request, resp, 202 if resp.accepted else 200)
+
+    async def submit_message(req: SubmitRequest) -> SubmitResponse:
         acc, ex = await grid.submit(req.jobs, retry=req.retry)
-        return reply(request, SubmitResponse(accepted=acc, existing=ex, node=grid.id), 202 if acc else 200)
+        done = await grid.results_within(acc, req.linger) if req.linger and acc else []
+        return SubmitResponse(accepted=acc, existing=ex, node=grid.id, results=done)
 
     async def wait(request: web.Request) -> web.Response:
-        req: WaitRequest = await body(request, WaitRequest)
+        return reply(request, await wait_message(await body(request, WaitRequest)))
+
+    async def wait_message(req: WaitRequest) -> WaitResponse:
         res, unknown = await grid.wait_results(req.ids, req.timeout)
-        return reply(request, WaitResponse(results=res, unknown=unknown))
+        return WaitResponse(results=res, unknown=unknown)
 
     def _job_id(request: web.Request) -> str:
         raw = request.match_info["id"]
@@ -256,7 +263,14 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
             status, raw, _, _ = failure(g, path, e)
             return status, raw
         table = {path: (typ, getattr(g, name)) for path, (typ, name) in PEER_MESSAGES.items()}
-        return StreamBinding(table, parse, answer_error, g.s.max_body, g.metrics.peer_messages.labels("stream").inc)
+        # clients' submissions and result waits too (the Python client sends them this way)
+        table |= {"/jobs": (SubmitRequest, submit_message), "/results/wait": (WaitRequest, wait_message)}
+        peer_counter = g.metrics.peer_messages.labels("stream")
+
+        def counted(path: str) -> None:
+            if path.startswith("/peer/"):
+                peer_counter.inc()
+        return StreamBinding(table, parse, answer_error, g.s.max_body, counted, g.s.max_conns_per_client)
 
     streams = StreamServer(bind)
     extra["streams"] = streams  # the node closes them on shutdown

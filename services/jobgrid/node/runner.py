@@ -34,6 +34,7 @@ class Runner:
         self.started_jobs = 0
         self.waiting: dict[str, None] = {}  # leased, waiting for a worker (ordered)
         self.avg_run = 0.1  # moving average of job run time (s): short jobs get a deeper prefetch
+        grid.local_runner = self  # new jobs come straight here when we want them (Grid._flush_submits)
 
     @property
     def free(self) -> int:
@@ -76,6 +77,11 @@ class Runner:
                 await asyncio.wait_for(g.wake_runner.wait(), timeout=0.05 if self.want > 0 else 1.0)
             except TimeoutError:
                 pass
+
+    def take(self, leases: list[Lease]) -> None:
+        """Jobs the grid leased to us as it stored them."""
+        self.grid._counts_at = 0.0
+        self._dispatch(leases, self.grid.id)
 
     async def _steal(self) -> bool:
         g = self.grid

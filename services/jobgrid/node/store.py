@@ -96,6 +96,10 @@ class Store:
     def _txn(self):
         return _Txn(self)
 
+    def transaction(self) -> _Txn:
+        """One transaction around several calls (the calls' own transactions join it)."""
+        return _Txn(self)
+
     def put_jobs(self, records: Sequence[JobRecord]) -> list[str]:
         """Insert jobs that are not known yet (as jobs or results); returns the ids inserted."""
         if not records:

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from ..logs import new_cause, valid_cause
 
-STREAM_PATH = "/peer/stream"
+STREAM_PATH = "/stream"
 
 _enc = msgspec.msgpack.Encoder()
 _call_dec = msgspec.msgpack.Decoder(tuple[int, str, str | None, bytes])
@@ -58,7 +58,8 @@ class StreamBinding(NamedTuple):
     parse: Parse
     error_answer: ErrorAnswer
     max_msg: int
-    counted: Callable[[], None]
+    counted: Callable[[str], None]  # sees the path of every call
+    max_in_flight: int | None  # calls still being answered per stream (above: 429), like the per-client cap
 
 
 class StreamServer:
@@ -90,7 +91,7 @@ def _route(open_: set[web.WebSocketResponse],
             await ws.send_bytes(_enc.encode(out))
 
     async def route(request: web.Request) -> web.StreamResponse:
-        table, parse, error_answer, max_msg, counted = bind(request)
+        table, parse, error_answer, max_msg, counted, max_in_flight = bind(request)
         ws = web.WebSocketResponse(compress=False, max_msg_size=max_msg, autoping=True)
         await ws.prepare(request)
         tasks: set[asyncio.Task] = set()
@@ -105,13 +106,16 @@ def _route(open_: set[web.WebSocketResponse],
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA, message=b"malformed call frame")
                     break
-                counted()
+                counted(path)
                 with structlog.contextvars.bound_contextvars(cause=valid_cause(cause) or new_cause()):
                     entry = table.get(path)
                     try:
                         if entry is None:
                             raise web.HTTPNotFound(reason=f"no peer message {path[:100]!r}")
                         typ, handle = entry
+                        if max_in_flight is not None and len(tasks) >= max_in_flight:
+                            raise web.HTTPTooManyRequests(
+                                reason=f"too many calls in flight on this stream (limit {max_in_flight}); retry later")
                         result = handle(parse(body, typ))
                         if inspect.isawaitable(result):  # e.g. a report waiting for its group commit
                             t = asyncio.ensure_future(answer(ws, mid, path, result, error_answer))
@@ -143,8 +147,9 @@ class _Conn:
 class Link:
     """The calling side of one peer's stream; (re)connects on demand."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str = STREAM_PATH) -> None:
         self._session = session
+        self._url = url
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -157,7 +162,7 @@ class Link:
             c = self._conn
             if c is not None and not c.ws.closed:
                 return c
-            ws = await self._session.ws_connect(STREAM_PATH, compress=0, max_msg_size=0, autoping=True)
+            ws = await self._session.ws_connect(self._url, compress=0, max_msg_size=0, autoping=True)
             c = _Conn(ws)
             c.reader = asyncio.ensure_future(self._read(c))
             self._conn = c
