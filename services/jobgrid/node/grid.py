@@ -84,6 +84,7 @@ class Grid:
         # results recorded here whose copies are still being written: not shown to clients until they are
         self.unreplicated: set[str] = set()
         self.wake_runner = asyncio.Event()
+        self.beat_now = asyncio.Event()  # send the next heartbeats at once (work appeared: tell the thieves)
         self.submits: GroupCommit[JobSpec, tuple[list[str], list[str]]] = GroupCommit(self._flush_submits)
         self.reports: GroupCommit[Result, ReportResponse] = GroupCommit(self._flush_reports)
         self.tasks: set[asyncio.Task] = set()
@@ -361,7 +362,12 @@ class Grid:
                     self.event("declared_dead", dead=[m.id for m in dead], epoch=proposal.epoch)
                     self.apply_ring(proposal)
                     self.spawn(self.broadcast_ring(proposal, extra=dead), "broadcast")
-            await asyncio.sleep(max(0.0, self.t.heartbeat_interval - (time.monotonic() - start)))
+            try:
+                await asyncio.wait_for(self.beat_now.wait(),
+                                       timeout=max(0.0, self.t.heartbeat_interval - (time.monotonic() - start)))
+            except TimeoutError:
+                pass
+            self.beat_now.clear()
 
     async def _beat(self, m: Member) -> None:
         c = self.counts()
@@ -384,6 +390,8 @@ class Grid:
     def on_heartbeat(self, hb: Heartbeat) -> HeartbeatReply:
         member = self.mem.member(hb.sender) is not None
         if member:
+            if hb.active and not self.mem.active.get(hb.sender):
+                self.wake_runner.set()  # the sender has queued jobs again: our idle runner may steal them
             self.mem.on_heartbeat(hb.sender, time.monotonic(), hb.active, hb.backup)
         ring = self.mem.ring if (not member or hb.epoch < self.mem.ring.epoch) else None
         return HeartbeatReply(epoch=self.mem.ring.epoch, active=self.counts()["queued"], member=member, ring=ring)
@@ -679,6 +687,8 @@ class Grid:
             runner.take(leases)
         if fresh:
             c = self._counts  # count the new jobs in: a recount scans the whole queue (O(queued) per flush)
+            if c["queued"] == 0 and len(fresh) > len(leases):
+                self.beat_now.set()  # jobs wait here now: the others' idle runners learn it at once, not in 0.5 s
             self._counts = {**c, "queued": c["queued"] + len(fresh) - len(leases),
                             "active": c["active"] + len(fresh)}
             # the rows are committed here: a runner may start them while the replicas are written (the ack
