@@ -33,7 +33,7 @@ def _get(url: str, timeout: float = 5.0):
 
 def one_run(workdir: Path, jobs: int, seconds: float, heartbeat: float, failure_timeout: float) -> dict:
     with LocalCluster(workdir, replicas=3, runners=2, heartbeat_interval=heartbeat,
-                      failure_timeout=failure_timeout) as c:
+                      failure_timeout=failure_timeout, exit_with_parent=True) as c:
         nodes = c.up(5)
         victim = nodes[0]
         dead_id = victim.node_id

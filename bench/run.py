@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from concurrent.futures import ProcessPoolExecutor
@@ -158,7 +157,7 @@ class Grid:
     def __init__(self, nodes: int, runners: int, replicas: int, octet: int, extra: tuple[str, ...] = ()) -> None:
         self.dir = tempfile.mkdtemp(prefix="jg-bench-")
         self.cl = LocalCluster(Path(self.dir), replicas=replicas, runners=runners, first_octet=octet,
-                               extra_args=list(extra))
+                               extra_args=list(extra), exit_with_parent=True)
         self.nodes = nodes
 
     def __enter__(self) -> tuple[LocalCluster, Client]:

@@ -85,8 +85,12 @@ class LocalCluster(ClusterBase):
     def __init__(self, workdir: Path, *, replicas: int = 3, runners: int = 2, token: str | None = None,
                  heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, lease_ttl: float = 3.0,
                  first_octet: int | None = None, port: int | None = None, extra_args: Sequence[str] = (),
-                 env: dict[str, str] | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+                 env: dict[str, str] | None = None, ssl_context: ssl.SSLContext | None = None,
+                 exit_with_parent: bool = False) -> None:
+        """`exit_with_parent`: nodes stop by themselves when this process dies (tests, benchmarks), so a
+        killed test run leaves no grid behind; `harness up` leaves it off, its grid outlives the command."""
         self.ssl_context = ssl_context  # set for TLS nodes (--tls-* in extra_args): talk https
+        self.exit_with_parent = exit_with_parent
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.replicas = replicas
@@ -137,6 +141,8 @@ class LocalCluster(ClusterBase):
         env = {k: v for k, v in os.environ.items() if k not in ("JOBGRID_TOKEN",)}
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.exit_with_parent:
+            env["JOBGRID_EXIT_WITH_PARENT"] = str(os.getpid())
         log = open(node.log_path, "ab")
         node.proc = subprocess.Popen(self._cmd(node, join), stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)

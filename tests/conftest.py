@@ -22,6 +22,7 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalCluster]]:
     made: list[LocalCluster] = []
 
     def make(**kw) -> LocalCluster:
+        kw.setdefault("exit_with_parent", True)  # a killed test run leaves no nodes behind
         c = LocalCluster(tmp_path / f"cluster{len(made)}", **kw)
         made.append(c)
         return c

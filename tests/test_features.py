@@ -45,7 +45,7 @@ def stamp(path: str, value: str) -> str:
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    c = LocalCluster(tmp_path_factory.mktemp("features"), runners=2)
+    c = LocalCluster(tmp_path_factory.mktemp("features"), runners=2, exit_with_parent=True)
     try:
         c.up(3)
         yield c

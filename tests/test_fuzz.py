@@ -49,7 +49,7 @@ GETS = ["/jobs/{id}", "/jobs/{id}/result", "/jobs", "/servers", "/state", "/metr
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(Path(tmp_path_factory.mktemp("fuzz")), runners=0, replicas=1, token=TOKEN)
+    c = LocalCluster(Path(tmp_path_factory.mktemp("fuzz")), runners=0, replicas=1, token=TOKEN, exit_with_parent=True)
     try:
         c.up(1)
         n = c.nodes[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from harness import scenarios
 
-from conftest import needs_root
+from conftest import needs_root, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,3 +86,43 @@ def test_harness_domain_error_is_one_red_line(tmp_path):
                        cwd=tmp_path, env={**os.environ, "HARNESS_STATE_DIR": str(tmp_path / ".h")}, timeout=60)
     assert r.returncode != 0
     assert r.stderr.strip().count("\n") == 0 and "harness up" in r.stderr
+
+
+def test_nodes_of_a_test_cluster_stop_when_the_process_that_started_them_is_killed(tmp_path):
+    """A test or benchmark run killed outright (SIGKILL) leaves no grid behind (exit_with_parent)."""
+    script = f"""
+import sys, time
+sys.path[:0] = {[str(ROOT), str(ROOT / 'services')]!r}
+from pathlib import Path
+from harness.local import LocalCluster
+c = LocalCluster(Path({str(tmp_path)!r}), replicas=1, runners=1, exit_with_parent=True)
+c.up(2, timeout=60)
+print(" ".join(str(n.pid) for n in c.nodes), flush=True)
+time.sleep(600)
+"""
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        assert all(_alive(p) for p in pids)
+        parent.kill()  # SIGKILL: no cleanup code runs in the parent
+        parent.wait(10)
+        wait_for(lambda: not any(_alive(p) for p in pids), 20, "the nodes to stop after their parent died")
+    finally:
+        parent.kill()
+        parent.wait(10)
+        for p in pids if "pids" in locals() else []:
+            if _alive(p):
+                os.killpg(p, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, or a process gone or re-used by another program, is not ours)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return state != "Z" and b"jobgrid.cli" in cmd

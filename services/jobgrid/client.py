@@ -139,6 +139,7 @@ class AsyncClient:
         self._early: dict[str, Result] = {}  # results that came with an ack, for futures not tracked yet
         self._links: dict[str, Link] = {}  # node base URL -> its stream
         self._streaming = True
+        self._linger_ok = True
 
     # ---- transport ---------------------------------------------------------------------------------
     def _sess(self) -> aiohttp.ClientSession:
@@ -268,14 +269,20 @@ class AsyncClient:
         cause = new_cause("sub-")  # the batch's causal id: the nodes' log lines about these jobs carry it
         # a small batch lets the node hold the ack up to _LINGER for the jobs' results (short jobs then
         # need no wait request); a large one is acked at once
-        linger = _LINGER if len(specs) <= _LINGER_MAX_JOBS else 0.0
+        linger = _LINGER if len(specs) <= _LINGER_MAX_JOBS and self._linger_ok else 0.0
         while True:
             try:
                 resp: SubmitResponse = await self._call(
-                    "POST", "/jobs", SubmitRequest(jobs=specs, retry=retry, linger=linger), SubmitResponse, cause=cause)
+                    "POST", "/jobs", SubmitRequest(jobs=specs, retry=retry, **({"linger": linger} if linger else {})),
+                    SubmitResponse, cause=cause)
                 for res in resp.results:
                     self._early[res.job_id] = res
                 return [resp] * len(groups)
+            except ProtocolError as e:
+                if e.status == 422 and linger and "linger" in str(e):  # a node from before `linger`
+                    self._linger_ok, linger = False, 0.0
+                    continue
+                raise
             except GridUnavailable as e:
                 if not self._reached and time.monotonic() > start + min(_FIRST_CONTACT, self.timeout):
                     raise GridUnavailable(f"no jobgrid server answered at {', '.join(self.addresses)}: is one "

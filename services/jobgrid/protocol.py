@@ -93,7 +93,7 @@ class Result(msgspec.Struct, omit_defaults=True):
 
 # ---- client API -------------------------------------------------------------------------------
 
-class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True):
+class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     jobs: Annotated[list[JobSpec], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
     retry: bool = False  # a resubmission: the node first asks the grid whether the ids exist
     # after the ack is due, wait up to this long (s) for the results of the accepted jobs and send them

@@ -61,16 +61,8 @@ def _leftovers(project: str) -> list[str]:
     return found
 
 
-def test_compose_grid_of_three_agrees_and_runs_a_job():
+def test_compose_grid_of_three_agrees_and_runs_a_job(node_image):
     base = compose_command()
-    from harness.images import NODE_TAG, docker_client, ensure_images, image_exists
-
-    cli = docker_client()
-    try:
-        if not image_exists(cli, NODE_TAG):  # reuse the harness image when present: keeps this fast
-            ensure_images(cli)
-    finally:
-        cli.close()
 
     project = f"jgtest{secrets.token_hex(4)}"
     token = secrets.token_hex(16)

@@ -16,25 +16,11 @@ import pytest
 
 from harness import scenarios
 from harness.errors import HarnessError
-from harness.images import ensure_images
 
-from dockerutil import connect
 
 pytestmark = pytest.mark.docker
 
 LABEL = "jobgrid.harness"
-
-
-@pytest.fixture(scope="session")
-def docker():
-    cli = connect()
-    yield cli
-    cli.close()
-
-
-@pytest.fixture(scope="session")
-def node_image(docker):
-    return ensure_images(docker)  # one build for the whole session; the layer cache keeps it quick
 
 
 def leftovers(docker, name: str) -> list[str]:

@@ -4,6 +4,7 @@ stop listening, drain, close the pool, close the store (aiohttp web_runner's ord
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 from pathlib import Path
@@ -116,6 +117,7 @@ async def serve(settings: NodeSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    watch = _watch_parent(stop)
     try:
         start = asyncio.ensure_future(node.start())
         waiter = asyncio.ensure_future(stop.wait())
@@ -127,4 +129,22 @@ async def serve(settings: NodeSettings) -> None:
             start.cancel()
             await asyncio.gather(start, return_exceptions=True)
     finally:
+        if watch is not None:
+            watch.cancel()
         await node.stop()
+
+
+def _watch_parent(stop: asyncio.Event) -> asyncio.Task | None:
+    """With JOBGRID_EXIT_WITH_PARENT=<pid> (set by test and benchmark harnesses), stop when that process
+    is gone: the node is re-parented, so its parent pid changes."""
+    raw = os.environ.get("JOBGRID_EXIT_WITH_PARENT")
+    if not raw or not raw.isdigit():
+        return None
+    parent = int(raw)
+
+    async def watch() -> None:
+        while os.getppid() == parent:
+            await asyncio.sleep(0.5)
+        log.warning("parent_gone", parent=parent)
+        stop.set()
+    return asyncio.ensure_future(watch())
