@@ -49,3 +49,19 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for iptabl
 def wait_for(cond: Callable[[], object], timeout: float, what: str, step: float = 0.05) -> object:
     """Wait on a condition with a deadline; a timeout fails the test naming what it waited for."""
     return _wait_for(cond, timeout, what, step=step, error=AssertionError)
+
+
+# ---- Docker tests (tests/docker): one Engine connection and one node-image build per session ----
+@pytest.fixture(scope="session")
+def docker():
+    from dockerutil import connect
+    cli = connect()
+    yield cli
+    cli.close()
+
+
+@pytest.fixture(scope="session")
+def node_image(docker):
+    """The node image built from the current source tree (never a stale one left by an earlier run)."""
+    from harness.images import ensure_images
+    return ensure_images(docker)  # one build for the whole session; the layer cache keeps it quick

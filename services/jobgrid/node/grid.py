@@ -6,13 +6,14 @@ Decisions come from the pure `Membership`; this class performs the IO they imply
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import random
 import time
 import uuid
 from collections import defaultdict, deque
 from typing import Protocol
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import msgspec
 import structlog
@@ -864,10 +865,7 @@ class Grid:
     async def results_within(self, ids: list[str], seconds: float) -> list[Result]:
         """The settled results of `ids` (jobs this node just accepted) once all are in, or after `seconds`."""
         end = time.monotonic() + seconds
-        ev = asyncio.Event()
-        for i in ids:
-            self.waiters[i].add(ev)
-        try:
+        with self._waiting(ids) as ev:
             while True:
                 have = self.settled_results(ids)
                 left = end - time.monotonic()
@@ -878,6 +876,15 @@ class Grid:
                     await asyncio.wait_for(ev.wait(), timeout=left)
                 except TimeoutError:
                     pass
+
+    @contextlib.contextmanager
+    def _waiting(self, ids: list[str]) -> Iterator[asyncio.Event]:
+        """An event set when a result for any of `ids` is recorded here (or copied here)."""
+        ev = asyncio.Event()
+        for i in ids:
+            self.waiters[i].add(ev)
+        try:
+            yield ev
         finally:
             for i in ids:
                 w = self.waiters.get(i)
@@ -911,23 +918,14 @@ class Grid:
             left = end - time.monotonic()
             if left <= 0:
                 return [], []
-            ev = asyncio.Event()
-            for i in ids:
-                self.waiters[i].add(ev)
-            try:
-                await asyncio.wait_for(ev.wait(), timeout=min(left, 1.0 if missing else left))
-                if len(ids) > 1:  # let results of a batch gather: one reply (and one query) for many
-                    await asyncio.sleep(0.005 if len(ids) <= 64 else 0.02)
-            except TimeoutError:
-                if missing:
-                    remote_checked = False
-            finally:
-                for i in ids:
-                    w = self.waiters.get(i)
-                    if w is not None:
-                        w.discard(ev)
-                        if not w:
-                            self.waiters.pop(i, None)
+            with self._waiting(ids) as ev:
+                try:
+                    await asyncio.wait_for(ev.wait(), timeout=min(left, 1.0 if missing else left))
+                    if len(ids) > 1:  # let results of a batch gather: one reply (and one query) for many
+                        await asyncio.sleep(0.005 if len(ids) <= 64 else 0.02)
+                except TimeoutError:
+                    if missing:
+                        remote_checked = False
 
     # ---- cancellation --------------------------------------------------------------------------------------
     async def cancel(self, ids: list[str], forward: bool = True) -> list[str]:
