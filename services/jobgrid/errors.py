@@ -4,6 +4,7 @@
     ├── ConfigError            bad settings or command-line input (ValueError too)
     ├── StorageError           the node's SQLite store cannot be opened or written
     ├── ProtocolError          a message failed validation (carries the HTTP status)
+    │   └── Unavailable        a node cannot take the request now (503 + Retry-After)
     ├── GridUnavailable        no node could be reached (ConnectionError too)
     ├── JobNotFound            no node knows that job id (KeyError too)
     ├── JobTimeout             a result did not arrive in time (TimeoutError too)
@@ -33,6 +34,14 @@ class ProtocolError(JobgridError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Unavailable(ProtocolError):
+    """This node cannot take the request now (no quorum, not a member, stopping, full)."""
+
+    def __init__(self, message: str, status: int = 503, retry_after: float = 1.0) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 class GridUnavailable(JobgridError, ConnectionError):

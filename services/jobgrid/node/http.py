@@ -14,14 +14,14 @@ import structlog
 from aiohttp import web
 
 from ..codec import JSON, MSGPACK, decode, describe_error, encode
-from ..errors import JobgridError, ProtocolError, StorageError
+from ..errors import JobgridError, ProtocolError, StorageError, Unavailable
 from ..logs import CAUSE_HEADER, new_cause, valid_cause
 from ..protocol import (
     CancelRequest, HandoffRequest, Heartbeat, JobStatus, JoinAnnounce, LockRequest, LookupRequest, RenewRequest,
     ReplicateRequest, ReportRequest, StealRequest, SubmitRequest, SubmitResponse, UnlockRequest, WaitRequest,
     WaitResponse, JobId, JobRecord, Result,
 )
-from .grid import Grid, Unavailable
+from .grid import Grid
 from .stream import STREAM_PATH, StreamBinding, StreamServer
 
 log = structlog.get_logger("jobgrid.http")

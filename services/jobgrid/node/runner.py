@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import structlog
 
-from ..protocol import Lease, RenewRequest, ReportRequest, ReportResponse, Result, StealRequest, StealResponse
+from ..protocol import Lease, RenewRequest, ReportResponse, Result, StealRequest, StealResponse
 from ..logs import bind_cause
 from .grid import Grid
 from .peers import PeerError
