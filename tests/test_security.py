@@ -354,3 +354,20 @@ def test_a_full_disk_answers_507_and_keeps_what_was_stored(cluster_factory, tmp_
         c.stop()
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_client_that_stops_sending_its_body_gets_408_and_the_node_serves_on(cluster_factory):
+    import socket
+    import time
+    cl = cluster_factory(replicas=1, runners=0, token=TOKEN, extra_args=["--body-timeout", "1"])
+    node = cl.up(1, timeout=60)[0]
+    with socket.create_connection((node.host, node.port), timeout=10) as s:
+        s.sendall(b"POST /jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                  + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"jobs\": [")
+        t0 = time.monotonic()
+        answer = s.recv(4096)  # ...and nothing more is sent
+        waited = time.monotonic() - t0
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b"not received within 1 s" in answer
+    assert 0.8 < waited < 5, waited
+    assert cl.get(node, "/state")["member"]

@@ -98,7 +98,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         tls=TLS(cert=_path(args.tls_cert), key=_path(args.tls_key), ca=_path(args.tls_ca)),
         timing=timing, max_queued=args.max_queued,
-        max_conns_per_client=args.max_conns_per_client, log_level=level,
+        max_conns_per_client=args.max_conns_per_client, log_level=level, body_timeout=args.body_timeout,
         peer_transport=args.peer_transport or os.environ.get("JOBGRID_PEER_TRANSPORT", "stream"))
     if settings.insecure and not settings.token:
         err.print("[bold red]WARNING: --insecure: this node accepts jobs from anyone who can reach "
@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queued", type=int, default=1_000_000)
     s.add_argument("--max-conns-per-client", type=int, default=64,
                    help="concurrent requests allowed per client IP before 429 (default 64)")
+    s.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a client has to send a request body before 408 (default 30)")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.add_argument("--peer-transport", choices=["stream", "http"],
                    help="stream (default): node-to-node messages over one WebSocket per peer; http: a request each")

@@ -66,6 +66,7 @@ class NodeSettings:
     max_body: int = 64 * 1024 * 1024
     max_conns_per_client: int = 64
     max_crashes: int = 3
+    body_timeout: float = 30.0  # seconds a client has to send a request's body; then 408
     peer_transport: str = "stream"  # "stream": peer messages over one WebSocket per peer; "http": a request each
     log_level: str = "info"
 
@@ -80,6 +81,8 @@ class NodeSettings:
             raise ConfigError(f"join port must be 1-65535, got {self.join[1]}")
         if self.peer_transport not in ("stream", "http"):
             raise ConfigError(f"peer transport must be stream or http, got {self.peer_transport!r}")
+        if not self.body_timeout > 0:
+            raise ConfigError(f"--body-timeout must be a positive number of seconds, got {self.body_timeout!r}")
         if self.max_queued < 1:
             raise ConfigError("max_queued must be at least 1")
         if self.token is not None and len(self.token) < 16:

@@ -28,7 +28,6 @@ log = structlog.get_logger("jobgrid.http")
 
 PUBLIC = frozenset({"/healthz"})
 COOKIE = "jobgrid_token"
-BODY_TIMEOUT = 30.0  # seconds for a client to send its whole body (slow-client guard)
 _job_id_type = msgspec.json.Decoder(JobId)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,11 +64,12 @@ async def body(request: web.Request, typ: type) -> Any:
     ct = request.content_type
     if ct not in (JSON, MSGPACK):
         raise ProtocolError(f"Content-Type must be {JSON} or {MSGPACK}, got {ct or 'none'}", 415)
+    limit = request.app["grid"].s.body_timeout  # seconds for a client to send its whole body (slow clients)
     try:
-        async with asyncio.timeout(BODY_TIMEOUT):
+        async with asyncio.timeout(limit):
             raw = await request.read()
     except TimeoutError:
-        raise ProtocolError(f"request body not received within {BODY_TIMEOUT:.0f} s", 408) from None
+        raise ProtocolError(f"request body not received within {limit:g} s", 408) from None
     return parse(raw, typ, ct)
 
 
