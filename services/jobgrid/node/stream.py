@@ -1,10 +1,10 @@
-"""Peer messages over one long-lived WebSocket per peer.
+"""Messages over one long-lived WebSocket per pair of processes (`GET /stream`).
 
-An HTTP request per peer message costs both nodes a full request parse and a response (about 0.27 ms
-of round trip here); a frame on an open WebSocket costs about 0.1 ms. The stream carries exactly the
-POST `/peer/*` messages, with the same bodies, the same handlers and the same answers (status + body,
-so a 409 still carries the ring), and it is opened with an ordinary `GET /peer/stream` that passes
-the same token check (and TLS) as every other route.
+An HTTP request per message costs both sides a full request parse and a response (about 0.27 ms of
+round trip here); a frame on an open WebSocket costs about 0.1 ms. The stream carries the POST
+`/peer/*` messages between nodes, and the client's `/jobs` and `/results/wait`, with the same bodies,
+the same handlers and the same answers (status + body, so a 409 still carries the ring). It is opened
+with an ordinary `GET /stream` that passes the same token check (and TLS) as every other route.
 
 Frames are msgpack arrays:
 
@@ -19,6 +19,7 @@ timeout; a timed-out call leaves the connection open (its late answer is dropped
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 from collections.abc import Awaitable, Callable
@@ -48,11 +49,11 @@ log = structlog.get_logger("jobgrid.stream")
 
 
 class StreamClosed(ConnectionError):
-    """The peer stream closed while a call was waiting for its answer."""
+    """The stream closed while a call was waiting for its answer."""
 
 
 class StreamBinding(NamedTuple):
-    """What a stream answers with, bound to the node when a peer connects."""
+    """What a stream answers with, bound to the node when a peer or client connects."""
 
     table: PeerTable
     parse: Parse
@@ -63,7 +64,7 @@ class StreamBinding(NamedTuple):
 
 
 class StreamServer:
-    """The `GET /peer/stream` handler (`route`): answers every call frame with the handler the table names.
+    """The `GET /stream` handler (`route`): answers every call frame with the handler the table names.
 
     `close()` ends the open streams (on shutdown: an open WebSocket would otherwise hold the server's
     cleanup for its whole shutdown timeout).
@@ -88,7 +89,8 @@ def _route(open_: set[web.WebSocketResponse],
         except Exception as e:  # noqa: BLE001 - every failure becomes an answer, as over HTTP
             out = (mid, *error_answer(path, e))
         if not ws.closed:
-            await ws.send_bytes(_enc.encode(out))
+            with contextlib.suppress(ConnectionError):  # the caller went away meanwhile
+                await ws.send_bytes(_enc.encode(out))
 
     async def route(request: web.Request) -> web.StreamResponse:
         table, parse, error_answer, max_msg, counted, max_in_flight = bind(request)
@@ -111,7 +113,7 @@ def _route(open_: set[web.WebSocketResponse],
                     entry = table.get(path)
                     try:
                         if entry is None:
-                            raise web.HTTPNotFound(reason=f"no peer message {path[:100]!r}")
+                            raise web.HTTPNotFound(reason=f"no message {path[:100]!r} on the stream")
                         typ, handle = entry
                         if max_in_flight is not None and len(tasks) >= max_in_flight:
                             raise web.HTTPTooManyRequests(
@@ -125,7 +127,10 @@ def _route(open_: set[web.WebSocketResponse],
                         out = (mid, 200, _enc.encode(result))
                     except Exception as e:  # noqa: BLE001 - answered like the HTTP route would
                         out = (mid, *error_answer(path, e))
-                await ws.send_bytes(_enc.encode(out))
+                try:
+                    await ws.send_bytes(_enc.encode(out))
+                except ConnectionError:  # the caller went away
+                    break
         finally:
             open_.discard(ws)
             for t in tasks:  # the caller is gone: as with HTTP handler cancellation
