@@ -99,6 +99,20 @@ class ClusterBase:
     def live(self) -> list:
         return [n for n in self.nodes if n.state == "running"]
 
+    def _fault(self, kind: str, node: Any = None, **extra: Any) -> None:
+        """Record a fault injected now (the run's verdict and plots read `faults`)."""
+        rec: dict[str, Any] = {"kind": kind}
+        if node is not None:
+            rec["node"] = node.name
+        self.faults.append({**rec, **extra, "at": time.time()})  # type: ignore[attr-defined]
+
+    def restart(self, node: Any, timeout: float = 60.0) -> None:
+        """Start a killed node again on its data (dir or volume), joining through a live node."""
+        contact = next((n for n in self.live() if n is not node), None)
+        self.start(node, join=contact)  # type: ignore[attr-defined]
+        self.wait_healthy(node, timeout)  # type: ignore[attr-defined]
+        self._fault("restart", node)
+
     def healthy(self, node: Any) -> bool:
         try:
             return bool(self.get(node, "/healthz", 1.0).get("ok"))  # type: ignore[attr-defined]

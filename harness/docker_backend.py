@@ -195,24 +195,18 @@ class DockerCluster(ClusterBase):
             raise HarnessError(f"{node.name} is not running")
         self._ct(node).kill("SIGKILL")
         node.state = "killed"
-        self.faults.append({"kind": "kill", "node": node.name, "at": time.time()})
+        self._fault("kill", node)
 
     def pause(self, node: DockerNode) -> None:
         self._ct(node).pause()
         node.state = "paused"
-        self.faults.append({"kind": "pause", "node": node.name, "at": time.time()})
+        self._fault("pause", node)
 
     def resume(self, node: DockerNode) -> None:
         self._ct(node).unpause()
         node.state = "running"
-        self.faults.append({"kind": "resume", "node": node.name, "at": time.time()})
+        self._fault("resume", node)
 
-    def restart(self, node: DockerNode, timeout: float = 60.0) -> None:
-        """A new container on the node's volume, joining through a live node."""
-        contact = next((n for n in self.live() if n is not node), None)
-        self.start(node, join=contact)
-        self.wait_healthy(node, timeout)
-        self.faults.append({"kind": "restart", "node": node.name, "at": time.time()})
 
     def _exec(self, node: DockerNode, *cmd: str, check: bool = True) -> tuple[int, str]:
         code, out = self._ct(node).exec_run(list(cmd), user="root")
@@ -247,12 +241,12 @@ class DockerCluster(ClusterBase):
                 if gi != gj:
                     links |= {(x.name, y.name) for x in a for y in b}
         self.cut(links)
-        self.faults.append({"kind": "partition", "groups": [[n.name for n in g] for g in groups], "at": time.time()})
+        self._fault("partition", groups=[[n.name for n in g] for g in groups])
 
     def heal(self) -> None:
         for n in self.live():
             self._exec(n, "iptables", "-w", "-F", CHAIN, check=False)
-        self.faults.append({"kind": "heal", "at": time.time()})
+        self._fault("heal")
 
     def delay(self, ms: int) -> None:
         for n in self.live():
@@ -262,7 +256,7 @@ class DockerCluster(ClusterBase):
                 if "unknown" in out.lower() or "netem" in out.lower():
                     raise HarnessError(NETEM_MISSING)
                 raise HarnessError(f"{n.name}: tc netem failed: {out.strip()}")
-        self.faults.append({"kind": "delay", "ms": ms, "at": time.time()})
+        self._fault("delay", ms=ms)
 
     def stop(self) -> None:
         """Remove every container, the network and (unless keep_volumes) the volumes. Safe twice."""

@@ -184,26 +184,20 @@ class LocalCluster(ClusterBase):
         os.killpg(node.proc.pid, signal.SIGKILL)
         node.proc.wait(10)
         node.state = "killed"
-        self.faults.append({"kind": "kill", "node": node.name, "at": time.time()})
+        self._fault("kill", node)
 
     def pause(self, node: NodeHandle) -> None:
         assert node.proc is not None
         os.kill(node.proc.pid, signal.SIGSTOP)
         node.state = "paused"
-        self.faults.append({"kind": "pause", "node": node.name, "at": time.time()})
+        self._fault("pause", node)
 
     def resume(self, node: NodeHandle) -> None:
         assert node.proc is not None
         os.kill(node.proc.pid, signal.SIGCONT)
         node.state = "running"
-        self.faults.append({"kind": "resume", "node": node.name, "at": time.time()})
+        self._fault("resume", node)
 
-    def restart(self, node: NodeHandle, timeout: float = 60.0) -> None:
-        """Start a killed node again on its data dir, contacting a live node."""
-        contact = next((n for n in self.live() if n is not node), None)
-        self.start(node, join=contact)
-        self.wait_healthy(node, timeout)
-        self.faults.append({"kind": "restart", "node": node.name, "at": time.time()})
 
     def _ipt(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         if shutil.which("iptables") is None:
@@ -230,12 +224,12 @@ class LocalCluster(ClusterBase):
                 for x in a:
                     for y in b:
                         self._ipt("-A", self.chain, "-s", x.host, "-d", y.host, "-j", "DROP")
-        self.faults.append({"kind": "partition", "groups": [[n.name for n in g] for g in groups], "at": time.time()})
+        self._fault("partition", groups=[[n.name for n in g] for g in groups])
 
     def heal(self) -> None:
         if self._chain_made:
             self._ipt("-F", self.chain, check=False)
-            self.faults.append({"kind": "heal", "at": time.time()})
+            self._fault("heal")
 
     def _remove_chain(self) -> None:
         if not self._chain_made:
