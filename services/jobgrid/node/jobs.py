@@ -80,7 +80,7 @@ class JobFlow:
             if c["queued"] == 0 and len(fresh) > len(leases):
                 self.beat_now.set()  # jobs wait here now: the others' idle runners learn it at once, not in 0.5 s
             self._counts = {**c, "queued": c["queued"] + len(fresh) - len(leases),
-                            "active": c["active"] + len(fresh)}
+                            "leased": c["leased"] + len(leases), "active": c["active"] + len(fresh)}
             # the rows are committed here: a runner may start them while the replicas are written (the ack
             # still waits for them; a job whose replication fails stays queued here either way)
             self.wake_runner.set()

@@ -79,8 +79,7 @@ class Runner:
                 pass
 
     def take(self, leases: list[Lease]) -> None:
-        """Jobs the grid leased to us as it stored them."""
-        self.grid._counts_at = 0.0
+        """Jobs the grid leased to us as it stored them (it has counted them in already)."""
         self._dispatch(leases, self.grid.id)
 
     async def _steal(self) -> bool:
