@@ -152,8 +152,8 @@ def make_cluster(backend: str, *, replicas: int, runners: int, workdir: Path | N
     token = secrets.token_urlsafe(24)
     if backend == "docker":
         from .docker_backend import DockerCluster  # noqa: PLC0415
-        from .images import ensure_images  # noqa: PLC0415
-        with console.status("building images (jobgrid-node:latest)"):
+        from .images import NODE_TAG, ensure_images  # noqa: PLC0415
+        with console.status(f"building images ({NODE_TAG})"):
             ensure_images()
         return DockerCluster(replicas=replicas, runners=runners, token=token, heartbeat_interval=heartbeat,
                              failure_timeout=failure_timeout)

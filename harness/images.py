@@ -29,7 +29,8 @@ from harness.errors import DockerUnavailable, HarnessError, ImageBuildError
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 BASE_TAG = "jobgrid-base:bookworm"
-NODE_TAG = "jobgrid-node:latest"
+# JOBGRID_NODE_IMAGE names the node image (one per checkout when several build on one Docker host)
+NODE_TAG = os.environ.get("JOBGRID_NODE_IMAGE") or "jobgrid-node:latest"
 PULL_BASE = "python:3.11-slim"
 SUITE = "bookworm"
 DEBOOTSTRAP_INCLUDE = (
