@@ -27,7 +27,7 @@ Priority = Annotated[int, msgspec.Meta(ge=-1_000_000, le=1_000_000)]
 Retries = Annotated[int, msgspec.Meta(ge=0, le=100)]
 
 JobKind = Literal["pickle", "script", "call"]
-JobState = Literal["queued", "leased", "succeeded", "failed", "cancelled"]
+JobState = Literal["waiting", "queued", "leased", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 MAX_BATCH = 10_000
