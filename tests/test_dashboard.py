@@ -63,8 +63,8 @@ def test_dashboard_shows_ring_jobs_and_a_dead_node(cluster_factory, browser, art
 
     # the job page of a recent job shows its state and node
     first = page.eval_on_selector("#jobs tr.job a", "a => a.getAttribute('href')")
-    job = browser.new_page()
-    job.context.add_cookies([{"name": "jobgrid_token", "value": TOKEN, "url": n1.url}])
+    job = page.context.new_page()  # the same browser session: its cookie (a session value, not the token)
+    assert all(TOKEN not in c["value"] for c in page.context.cookies())
     job.goto(n1.url + first)
     job.wait_for_function("document.body.dataset.done === '1'", timeout=30_000)
     assert job.inner_text("#state") in ("succeeded", "failed")
@@ -83,3 +83,63 @@ def test_dashboard_shows_ring_jobs_and_a_dead_node(cluster_factory, browser, art
         "#servers tr.server-row", "els => els.map(e => e.dataset.status)")) == ["alive", "alive", "dead"]
     page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
     page.close()
+
+
+def test_a_page_on_another_port_cannot_borrow_the_dashboard_cookie(cluster_factory, browser):
+    """Cross-site WebSocket hijacking: a page on another local port (same site, other origin) opens the node's
+    stream with the dashboard cookie and sends a submission; the node must refuse the foreign Origin."""
+    import base64
+    import http.server
+    import threading
+    import urllib.request
+    import uuid
+
+    import msgspec
+
+    from harness.local import free_port
+    from jobgrid.protocol import JobSpec, SubmitRequest
+
+    cluster = cluster_factory(token=TOKEN, runners=1, replicas=1)
+    n1 = cluster.up(1)[0]
+    jid = f"hijack-{uuid.uuid4().hex[:8]}"
+    enc = msgspec.msgpack.Encoder()
+    body = enc.encode(SubmitRequest(jobs=[JobSpec(id=jid, kind="call", target="jobgrid.examples:noop")]))
+    frame = base64.b64encode(enc.encode((1, "/jobs", None, body))).decode()
+    page_html = f"""<html><body><script>
+      const ws = new WebSocket("ws://{n1.host}:{n1.port}/stream");
+      ws.binaryType = "arraybuffer";
+      ws.onopen = () => {{ ws.send(Uint8Array.from(atob("{frame}"), c => c.charCodeAt(0))); document.title = "sent"; }};
+      ws.onmessage = () => {{ document.title = "answered"; }};
+      ws.onerror = () => {{ document.title = "refused"; }};
+    </script></body></html>""".encode()
+
+    class Evil(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(page_html)
+
+        def log_message(self, *a):
+            pass
+
+    evil = http.server.ThreadingHTTPServer((n1.host, free_port(n1.host)), Evil)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"{n1.url}/?token={TOKEN}")  # the user's dashboard session: the cookie is set
+        assert page.context.cookies()
+        page.goto(f"http://{n1.host}:{evil.server_address[1]}/")
+        page.wait_for_function("document.title === 'refused' || document.title === 'answered'", timeout=30_000)
+        title = page.title()
+        page.close()
+    finally:
+        evil.shutdown()
+        evil.server_close()
+    req = urllib.request.Request(f"{n1.url}/jobs/{jid}", headers={"Authorization": f"Bearer {TOKEN}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            known = r.status == 200
+    except urllib.error.HTTPError as e:
+        known = e.code != 404
+    assert title == "refused" and not known, (title, known)

@@ -398,13 +398,29 @@ class Worker:
             self.send(reply)
 
 
+def _become(user: str) -> None:
+    """Drop to the job account: no supplementary groups, its gid, its uid (irrevocably)."""
+    uid, gid = (int(x) for x in user.split(":"))
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    try:  # a uid change makes the process non-dumpable; a job may use core dumps and profilers on itself
+        import ctypes
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobgrid.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--rfd", type=int, required=True, help="fd to read job frames from")
     parser.add_argument("--wfd", type=int, required=True, help="fd to write reply frames to")
     parser.add_argument("--workdir", type=Path, required=True, help="the jobs' working directory")
     parser.add_argument("--capture", type=Path, required=True, help="directory for stdout/stderr capture files")
+    parser.add_argument("--user", help="UID:GID to become before anything else (the node runs as root)")
     opts = parser.parse_args(argv)
+    if opts.user:
+        _become(opts.user)
     # Subprocesses of jobs must not inherit the protocol pipes (a leftover child holding the
     # write end would hide our death from the parent).
     os.set_inheritable(opts.rfd, False)
