@@ -191,9 +191,12 @@ def make_middlewares(settings: NodeSettings) -> list:
                                  "close one or retry later", **{"Retry-After": "1"})
                 streams[ip] = streams.get(ip, 0) + 1
                 try:
-                    return await handler(request)
+                    return await answer(request, handler)
                 finally:
                     _release(streams, ip)
+        return await answer(request, handler)
+
+    async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPException as e:
