@@ -12,6 +12,7 @@ import uuid
 
 import aiohttp
 import msgspec
+import pytest
 
 import jobgrid
 from jobgrid.examples import add
@@ -130,3 +131,154 @@ def test_the_cookie_is_a_session_value_set_only_for_a_valid_url_token(cluster_fa
     assert TOKEN not in cookie and value and "secure" not in cookie.lower(), cookie  # plain HTTP: not Secure
     assert call(n, "GET", "/state", {"Cookie": f"jobgrid_session={value}"})[0] == 200
     assert call(n, "GET", "/state", {"Cookie": f"jobgrid_session={value}x"})[0] == 401
+
+
+# ---- scopes: a read-only token ------------------------------------------------------------------------------------
+
+READ_TOKEN = "read-token-" + uuid.uuid4().hex
+
+
+def test_a_read_only_token_reads_everything_and_runs_nothing(cluster_factory, tmp_path) -> None:
+    read_file = tmp_path / "read-token"
+    read_file.write_text(READ_TOKEN)
+    c = cluster_factory(runners=1, replicas=1, token=TOKEN, extra_args=["--read-token-file", str(read_file)])
+    n = c.up(1)[0]
+    with jobgrid.Client(n.url, token=TOKEN) as client:
+        jid = client.submit(add, 2, 3).job_id
+        assert client.wait_result(jid, timeout=60).state == "succeeded"
+    ro = client_auth(READ_TOKEN)
+    for path in ("/state", "/metrics", "/servers", "/jobs", f"/jobs/{jid}", f"/jobs/{jid}/result", "/results",
+                 "/", "/stats"):
+        assert call(n, "GET", path, ro)[0] == 200, path
+    assert call(n, "POST", "/results/wait", ro, json.dumps({"ids": [jid], "timeout": 0}).encode())[0] == 200
+    spec = {"id": "ro-1", "kind": "call", "target": "jobgrid.examples:noop"}
+    for path, body in (("/jobs", {"jobs": [spec]}), ("/jobs/cancel", {"ids": [jid]})):
+        status, _, raw = call(n, "POST", path, ro, json.dumps(body).encode())
+        assert status == 403 and "read-only" in json.loads(raw)["error"], (path, status, raw)
+    assert call(n, "POST", "/peer/lookup", ro, b'{"ids": ["x"]}')[0] == 403
+    # the Python client (over the stream): waits work, a submission gets a clear 403
+    with jobgrid.Client(n.url, token=READ_TOKEN) as reader:
+        assert reader.wait_result(jid, timeout=10).state == "succeeded"
+        with pytest.raises(jobgrid.errors.ProtocolError) as e:
+            reader.submit(add, 1, 1).result(30)
+        assert e.value.status == 403 and "read-only" in str(e.value)
+    # the dashboard link with the read-only token: a read-only session
+    status, headers, _ = call(n, "GET", f"/?token={READ_TOKEN}")
+    cookie = headers["set-cookie"].split(";")[0]
+    assert READ_TOKEN not in cookie
+    assert call(n, "GET", "/state", {"Cookie": cookie})[0] == 200
+    assert call(n, "POST", "/jobs", {"Cookie": cookie, "Origin": n.url}, json.dumps({"jobs": [spec]}).encode())[0] == 403
+
+
+# ---- a deployment that refuses code ----------------------------------------------------------------------------------
+
+def test_a_node_that_takes_only_registered_functions_refuses_code(cluster_factory) -> None:
+    c = cluster_factory(runners=1, replicas=1, token=TOKEN,
+                        extra_args=["--allow-kinds", "call", "--allow-modules", "jobgrid.examples,jobgrid.cli"])
+    n = c.up(1)[0]
+    with jobgrid.Client(n.url, token=TOKEN) as client:
+        assert client.submit_call("jobgrid.examples:add", 2, 3).result(60) == 5
+        for submit, words in ((lambda: client.submit(add, 1, 1), "does not accept pickle jobs"),
+                              (lambda: client.submit_script("print(1)"), "does not accept script jobs"),
+                              (lambda: client.submit_call("os:system", "true"), "not in this grid's allowed modules"),
+                              (lambda: client.submit_call("jobgrid.examples:os.system", "true"), "public top-level")):
+            with pytest.raises(jobgrid.errors.ProtocolError) as e:
+                submit().result(30)
+            assert e.value.status == 403 and words in str(e.value), str(e.value)
+        # a name an allowed module imported from elsewhere (jobgrid.cli: `from pathlib import Path`) is refused
+        # by the job process where the target is resolved, before it is called
+        with pytest.raises(jobgrid.errors.JobFailed) as e:
+            client.submit_call("jobgrid.cli:Path", "/").result(60)
+        assert "defined outside the allowed modules" in str(e.value), str(e.value)
+
+
+# ---- mutual TLS: the certificate is the peer credential ---------------------------------------------------------------
+
+def test_mutual_tls_peers_need_no_secret_and_speak_only_for_what_their_certificate_covers(cluster_factory,
+                                                                                          tmp_path) -> None:
+    import os
+    import ssl
+
+    import trustme
+    octet = 160 + os.getpid() % 30
+    hosts = [f"127.0.0.{octet + i}" for i in range(3)]
+    ca = trustme.CA()
+    paths = {k: tmp_path / f"{k}.pem" for k in ("ca", "cert", "key")}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert = ca.issue_cert(*hosts)
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    for i, blob in enumerate(cert.cert_chain_pems):
+        blob.write_to_path(str(paths["cert"]), append=i > 0)
+    ctx = ssl.create_default_context(cafile=str(paths["ca"]))
+    c = cluster_factory(runners=1, replicas=2, first_octet=octet, ssl_context=ctx,
+                        extra_args=["--tls-cert", str(paths["cert"]), "--tls-key", str(paths["key"]),
+                                    "--tls-ca", str(paths["ca"])])
+    c.token = TOKEN  # a client token and no peer secret: the nodes prove themselves with their certificates
+    assert c.peer_secret is None
+    nodes = c.up(3)
+    with jobgrid.Client([n.url for n in nodes], token=TOKEN, ssl=ctx) as client:
+        assert [f.result(90) for f in [client.submit(add, i, i) for i in range(6)]] == [2 * i for i in range(6)]
+    ids = [c.get(n, "/state")["id"] for n in nodes]
+
+    def post(context: ssl.SSLContext, headers: dict, body: dict) -> tuple[int, bytes]:
+        import http.client as hc
+        conn = hc.HTTPSConnection(nodes[1].host, nodes[1].port, timeout=30, context=context)
+        try:
+            conn.request("POST", "/peer/heartbeat", body=json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json", **headers})
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            conn.close()
+    beat = lambda i: {"sender": ids[i], "epoch": 0, "active": 0}  # noqa: E731
+    assert post(ctx, client_auth(), beat(0))[0] == 403  # a client: no certificate, a client token
+    one = ca.issue_cert(hosts[0])  # node 1's own certificate: it covers node 1's address only
+    as_n1 = ssl.create_default_context(cafile=str(paths["ca"]))
+    one.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "n1.pem"))
+    as_n1.load_cert_chain(str(tmp_path / "n1.pem"))
+    assert post(as_n1, {"X-Jobgrid-Node": ids[0]}, beat(0))[0] == 200
+    status, raw = post(as_n1, {"X-Jobgrid-Node": ids[2]}, beat(2))  # node 1 speaking as node 3
+    assert status == 403 and "does not cover" in json.loads(raw)["error"], raw
+    status, raw = post(as_n1, {"X-Jobgrid-Node": ids[0]}, beat(2))  # naming itself, sending as node 3
+    assert status == 403 and "comes from" in json.loads(raw)["error"], raw
+    stranger = trustme.CA().issue_cert(hosts[0])  # another CA's certificate is no credential at all
+    as_stranger = ssl.create_default_context(cafile=str(paths["ca"]))
+    stranger.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "x.pem"))
+    as_stranger.load_cert_chain(str(tmp_path / "x.pem"))
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
+        post(as_stranger, {"X-Jobgrid-Node": ids[0]}, beat(0))
+
+
+# ---- the local quick start: no credentials, still no borrowed browsers ---------------------------------------------------
+
+def test_an_open_node_refuses_foreign_origins_and_rebound_host_names(cluster_factory) -> None:
+    c = cluster_factory(runners=0, replicas=1)
+    n = c.up(1)[0]
+    assert call(n, "POST", "/peer/lookup", {}, b'{"ids": ["x"]}')[0] == 200  # one trust domain on loopback
+    assert call(n, "GET", "/state", {"Host": "rebound.example:80"})[0] == 403
+    assert call(n, "GET", "/state", {"Host": f"localhost:{n.port}"})[0] == 200
+
+    async def ws(origin: str | None) -> int:
+        async with aiohttp.ClientSession() as s:
+            try:
+                async with s.ws_connect(n.url + "/stream", origin=origin):
+                    return 101
+            except aiohttp.WSServerHandshakeError as e:
+                return e.status
+    assert asyncio.run(ws("http://evil.example")) == 403
+    assert asyncio.run(ws(f"http://{n.host}:{n.port + 1}")) == 403
+    assert asyncio.run(ws(n.url)) == 101
+    assert asyncio.run(ws(None)) == 101  # not a browser
+
+
+def test_a_token_without_a_peer_credential_is_refused_at_start(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from harness.local import free_port
+    env = {**os.environ, "JOBGRID_TOKEN": TOKEN, "COLUMNS": "300"}
+    env.pop("JOBGRID_PEER_SECRET", None)
+    r = subprocess.run([sys.executable, "-m", "jobgrid.cli", "server", str(free_port()), "--runners", "0",
+                        "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "peer secret" in r.stderr and "Traceback" not in r.stderr, r.stderr

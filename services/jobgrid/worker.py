@@ -38,6 +38,8 @@ ERROR_TYPE_LIMIT = 256
 MAX_FRAME = 512 * 1024 * 1024     # sanity bound for one frame in either direction
 
 _HEADER = struct.Struct(">I")
+# --allow-modules of the node (JOBGRID_ALLOW_MODULES): call targets must be defined in one of them
+ALLOWED_MODULES: tuple[str, ...] = ()
 
 
 # ---- messages ---------------------------------------------------------------------------------
@@ -212,6 +214,11 @@ def _resolve(target: str) -> Any:
             raise _failure_from(e, f"cannot resolve target {target!r}: ") from None
     if not callable(obj):
         raise _JobError(f"target {target!r} is a {type(obj).__qualname__}, not callable", "InvalidJob")
+    home = getattr(obj, "__module__", None) or ""
+    if ALLOWED_MODULES and not any(home == m or home.startswith(m + ".") for m in ALLOWED_MODULES):
+        # a function an allowed module imported from elsewhere (`from os import system`) is not its own
+        raise _JobError(f"target {target!r} is {home}.{getattr(obj, '__qualname__', '?')}, defined outside the "
+                        f"allowed modules ({', '.join(ALLOWED_MODULES)})", "TargetNotAllowed")
     return obj
 
 
@@ -421,6 +428,8 @@ def main(argv: list[str] | None = None) -> None:
     opts = parser.parse_args(argv)
     if opts.user:
         _become(opts.user)
+    global ALLOWED_MODULES
+    ALLOWED_MODULES = tuple(m for m in os.environ.pop("JOBGRID_ALLOW_MODULES", "").split(",") if m)
     # Subprocesses of jobs must not inherit the protocol pipes (a leftover child holding the
     # write end would hide our death from the parent).
     os.set_inheritable(opts.rfd, False)

@@ -79,7 +79,8 @@ class Node:
         assert s.data_dir is not None
         if s.runners > 0:
             self.pool = WorkerPool(s.runners, work_root=Path(s.data_dir) / "work", node_id=self.grid.id,
-                                   user=s.job_user)
+                                   user=s.job_user,
+                                   env={"JOBGRID_ALLOW_MODULES": ",".join(s.allow_modules)} if s.allow_modules else None)
             await self.pool.start()
             self.runner = Runner(self.grid, self.pool, s.runners)
             self.extra["runner"] = self.runner
