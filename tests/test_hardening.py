@@ -177,6 +177,8 @@ def test_a_job_cannot_read_the_nodes_credentials(cluster_factory, tmp_path: Path
         with jobgrid.Client(n.url, token=TOKEN) as client:
             for secret in (TOKEN, getattr(c, "peer_secret", None) or TOKEN):
                 assert client.submit(hunt, secret).result(120) == []
+            # the hunt looks at the right process: the node's command line (public) names its data dir
+            assert any(x.endswith("/cmdline") for x in client.submit(hunt, str(n.data_dir)).result(120))
     finally:
         for d in closed:
             d.chmod(d.stat().st_mode & ~0o001)

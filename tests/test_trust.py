@@ -282,3 +282,14 @@ def test_a_token_without_a_peer_credential_is_refused_at_start(tmp_path) -> None
     r = subprocess.run([sys.executable, "-m", "jobgrid.cli", "server", str(free_port()), "--runners", "0",
                         "--data-dir", str(tmp_path / "d")], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 2 and "peer secret" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_dashboard_responses_carry_the_browser_headers(cluster_factory) -> None:
+    c = cluster_factory(runners=0, replicas=1, token=TOKEN)
+    n = c.up(1)[0]
+    for path in ("/", "/job/x", "/static/app.js"):
+        status, headers, _ = call(n, "GET", path, client_auth())
+        assert status == 200, path
+        csp = headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp, csp
+        assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
