@@ -293,3 +293,27 @@ def test_dashboard_responses_carry_the_browser_headers(cluster_factory) -> None:
         csp = headers["content-security-policy"]
         assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp, csp
         assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+
+
+def test_credentials_and_policies_come_from_env_files_and_jobgrid_toml(cluster_factory, tmp_path) -> None:
+    ro = tmp_path / "ro-token"
+    ro.write_text(READ_TOKEN + "\n")
+    toml = tmp_path / "jobgrid.toml"
+    toml.write_text('[server]\nallow_kinds = ["call", "script"]\nmax_streams_per_client = 1\n')
+    c = cluster_factory(runners=0, replicas=1, token=TOKEN, env={"JOBGRID_READ_TOKEN_FILE": str(ro)},
+                        extra_args=["--config", str(toml)])
+    n = c.up(1)[0]
+    assert call(n, "GET", "/state", client_auth(READ_TOKEN))[0] == 200
+    spec = {"id": "pk-1", "kind": "pickle", "payload": base64.b64encode(b"x").decode()}
+    status, _, raw = call(n, "POST", "/jobs", client_auth(), json.dumps({"jobs": [spec]}).encode())
+    assert status == 403 and "accepted: call, script" in json.loads(raw)["error"], raw
+
+    async def two_streams() -> int:
+        async with aiohttp.ClientSession(headers=client_auth()) as s:
+            async with s.ws_connect(n.url + "/stream"):
+                try:
+                    async with s.ws_connect(n.url + "/stream"):
+                        return 101
+                except aiohttp.WSServerHandshakeError as e:
+                    return e.status
+    assert asyncio.run(two_streams()) == 429
