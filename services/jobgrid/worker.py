@@ -214,11 +214,9 @@ def _resolve(target: str) -> Any:
             raise _failure_from(e, f"cannot resolve target {target!r}: ") from None
     if not callable(obj):
         raise _JobError(f"target {target!r} is a {type(obj).__qualname__}, not callable", "InvalidJob")
-    home = getattr(obj, "__module__", None) or ""
+    home = getattr(obj, "__module__", None) or ""  # not what an allowed module imported (`from os import system`)
     if ALLOWED_MODULES and not any(home == m or home.startswith(m + ".") for m in ALLOWED_MODULES):
-        # a function an allowed module imported from elsewhere (`from os import system`) is not its own
-        raise _JobError(f"target {target!r} is {home}.{getattr(obj, '__qualname__', '?')}, defined outside the "
-                        f"allowed modules ({', '.join(ALLOWED_MODULES)})", "TargetNotAllowed")
+        raise _JobError(f"target {target!r} is defined in {home!r}, outside the allowed modules", "TargetNotAllowed")
     return obj
 
 
@@ -406,16 +404,11 @@ class Worker:
 
 
 def _become(user: str) -> None:
-    """Drop to the job account: no supplementary groups, its gid, its uid (irrevocably)."""
+    """Drop to the job account (`--user UID:GID`): no supplementary groups, its gid, its uid, irrevocably."""
     uid, gid = (int(x) for x in user.split(":"))
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
-    try:  # a uid change makes the process non-dumpable; a job may use core dumps and profilers on itself
-        import ctypes
-        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
-    except (OSError, AttributeError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> None:
