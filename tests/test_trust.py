@@ -230,6 +230,11 @@ def test_mutual_tls_peers_need_no_secret_and_speak_only_for_what_their_certifica
             return r.status, r.read()
         finally:
             conn.close()
+    conn = http.client.HTTPSConnection(nodes[0].host, nodes[0].port, timeout=30, context=ctx)
+    conn.request("GET", f"/?token={TOKEN}")
+    cookie = conn.getresponse().getheader("Set-Cookie")
+    conn.close()
+    assert "secure" in cookie.lower() and TOKEN not in cookie, cookie  # under TLS the cookie is Secure
     beat = lambda i: {"sender": ids[i], "epoch": 0, "active": 0}  # noqa: E731
     assert post(ctx, client_auth(), beat(0))[0] == 403  # a client: no certificate, a client token
     one = ca.issue_cert(hosts[0])  # node 1's own certificate: it covers node 1's address only
