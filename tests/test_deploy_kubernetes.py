@@ -42,9 +42,9 @@ def applied() -> dict[tuple[str, str], dict]:
     return {(d["kind"], d["metadata"]["name"]): d for d in docs(sorted(K8S.glob("*.yaml")))}
 
 
-def secret() -> dict:
-    (d,) = docs([K8S / "secret" / "token.yaml"])
-    return d
+def secrets() -> dict[str, dict]:
+    """The example Secrets in secret/ (not applied with the directory), by name."""
+    return {d["metadata"]["name"]: d for d in docs(sorted((K8S / "secret").glob("*.yaml")))}
 
 
 def sts() -> dict:
@@ -67,13 +67,14 @@ def env() -> dict[str, dict]:
 def test_the_applied_set_is_the_grid_and_nothing_else():
     assert set(applied()) == {("StatefulSet", "jobgrid"), ("Service", "jobgrid-peers"), ("Service", "jobgrid"),
                               ("PodDisruptionBudget", "jobgrid")}
-    assert secret()["kind"] == "Secret"
+    assert set(secrets()) == {"jobgrid-token", "jobgrid-peer-secret"}
+    assert all(d["kind"] == "Secret" for d in secrets().values())
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_manifest_validates_strictly(version):
     all_docs = docs(sorted(K8S.rglob("*.yaml")))
-    assert len(all_docs) == 5
+    assert len(all_docs) == 6
     for d in all_docs:
         kubernetes_validate.validate(d, version, strict=True)
 
@@ -129,28 +130,31 @@ def test_readiness_and_liveness_on_healthz():
     assert start["periodSeconds"] * start["failureThreshold"] > 60  # the node's join timeout
 
 
-def test_the_token_is_a_mounted_file_never_an_environment_variable():
-    sec = secret()
+def test_the_token_and_peer_secret_are_mounted_files_never_environment_variables():
     c = node()
     for e in c.get("env", []):
-        assert e["name"] not in ("JOBGRID_TOKEN",), e
+        assert e["name"] not in ("JOBGRID_TOKEN", "JOBGRID_PEER_SECRET", "JOBGRID_READ_TOKEN"), e
         assert "secretKeyRef" not in e.get("valueFrom", {}), e
     assert "envFrom" not in c
-    vols = {v["name"]: v for v in pod()["volumes"]}
-    (tok_vol,) = [v for v in vols.values() if "secret" in v]
-    assert tok_vol["secret"]["secretName"] == sec["metadata"]["name"]
-    (item,) = tok_vol["secret"]["items"]
-    assert item["key"] in sec["stringData"]
-    assert tok_vol["secret"]["defaultMode"] & 0o007 == 0  # not world-readable
-    mount = next(m for m in c["volumeMounts"] if m["name"] == tok_vol["name"])
+    (vol,) = [v for v in pod()["volumes"] if "projected" in v]
+    assert vol["projected"]["defaultMode"] & 0o007 == 0  # not world-readable
+    mount = next(m for m in c["volumeMounts"] if m["name"] == vol["name"])
     assert mount["readOnly"] is True
-    assert env()["JOBGRID_TOKEN_FILE"]["value"] == f"{mount['mountPath']}/{item['path']}"
+    sources = {src["secret"]["name"]: src["secret"]["items"] for src in vol["projected"]["sources"]}
+    for name, var in (("jobgrid-token", "JOBGRID_TOKEN_FILE"), ("jobgrid-peer-secret", "JOBGRID_PEER_SECRET_FILE")):
+        (item,) = sources[name]
+        assert item["key"] in secrets()[name]["stringData"]
+        assert env()[var]["value"] == f"{mount['mountPath']}/{item['path']}"
 
 
-def test_the_example_secret_holds_a_placeholder_the_node_refuses():
-    placeholder = secret()["stringData"]["token"]
-    with pytest.raises(ConfigError, match="at least 16 characters"):
-        NodeSettings(port=8000, host="0.0.0.0", token=placeholder)
+def test_the_example_secrets_hold_placeholders_the_node_refuses():
+    token = secrets()["jobgrid-token"]["stringData"]["token"]
+    peer = secrets()["jobgrid-peer-secret"]["stringData"]["peer-secret"]
+    good = "x" * 24
+    with pytest.raises(ConfigError, match="cluster token must be at least 16 characters"):
+        NodeSettings(port=8000, host="0.0.0.0", token=token, peer_secret=good)
+    with pytest.raises(ConfigError, match="peer secret must be at least 16 characters"):
+        NodeSettings(port=8000, host="0.0.0.0", token=good, peer_secret=peer)
 
 
 def test_service_links_are_off_so_no_jobgrid_port_is_injected():

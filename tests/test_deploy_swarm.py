@@ -83,7 +83,7 @@ def test_docker_tools_parse_the_stack_and_render_what_we_read():
         assert unescape(out["command"]) == mine["command"], cmd
         assert out["image"] == "jobgrid-node:latest", cmd
         assert out["deploy"]["update_config"]["order"] == "stop-first", cmd
-        assert {s["source"] for s in out["secrets"]} == {"jobgrid_token"}, cmd
+        assert {s["source"] for s in out["secrets"]} == {"jobgrid_token", "jobgrid_peer_secret"}, cmd
 
 
 # ---- properties -----------------------------------------------------------------------------------------------
@@ -106,13 +106,16 @@ def test_joins_through_tasks_dns_of_its_own_service():
     assert svc()["entrypoint"] == ["/bin/sh", "-c"]
 
 
-def test_the_token_is_a_docker_secret_file_never_an_environment_variable():
+def test_the_token_and_peer_secret_are_docker_secret_files_never_environment_variables():
     e = env()
-    assert "JOBGRID_TOKEN" not in e
-    (sec,) = svc()["secrets"]
-    assert stack()["secrets"][sec["source"]] == {"external": True}
-    assert e["JOBGRID_TOKEN_FILE"] == f"/run/secrets/{sec['target']}"
-    assert sec["mode"] == 0o400 and sec["uid"] == sec["gid"] == svc()["user"].split(":")[0]
+    assert not {"JOBGRID_TOKEN", "JOBGRID_PEER_SECRET", "JOBGRID_READ_TOKEN"} & set(e)
+    secs = {s["source"]: s for s in svc()["secrets"]}
+    assert set(secs) == {"jobgrid_token", "jobgrid_peer_secret"}
+    for name, var in (("jobgrid_token", "JOBGRID_TOKEN_FILE"), ("jobgrid_peer_secret", "JOBGRID_PEER_SECRET_FILE")):
+        sec = secs[name]
+        assert stack()["secrets"][name] == {"external": True}
+        assert e[var] == f"/run/secrets/{sec['target']}"
+        assert sec["mode"] == 0o400 and sec["uid"] == sec["gid"] == svc()["user"].split(":")[0]
 
 
 def test_a_volume_per_task_on_the_data_dir():

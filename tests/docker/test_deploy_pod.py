@@ -137,13 +137,14 @@ def run_jobs(ip: str, token: str) -> None:
         assert [f.result(timeout=90) for f in futs] == [100 + i for i in range(6)]
 
 
-def assert_hardened(ctr, uid: int, token: str) -> None:
+def assert_hardened(ctr, uid: int, token: str, peer: str) -> None:
     assert ctr.exec_run("id -u").output.decode().strip() == str(uid)
     denied = ctr.exec_run(["sh", "-c", "touch /opt/x"])
     assert denied.exit_code != 0 and b"Read-only file system" in denied.output
     # the token is in no process environment of the node (it reads the file)
     env_dump = ctr.exec_run(["sh", "-c", "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'"]).output
-    assert b"JOBGRID_TOKEN_FILE" in env_dump and token.encode() not in env_dump
+    assert b"JOBGRID_TOKEN_FILE" in env_dump
+    assert token.encode() not in env_dump and peer.encode() not in env_dump
 
 
 def test_statefulset_container_runs_in_the_node_image(lab, node_image, tmp_path):
@@ -151,18 +152,22 @@ def test_statefulset_container_runs_in_the_node_image(lab, node_image, tmp_path)
     (c,) = pod["containers"]
     psc, csc = pod["securityContext"], c["securityContext"]
     assert csc["readOnlyRootFilesystem"] and csc["capabilities"]["drop"] == ["ALL"]
-    token = secrets.token_hex(24)
+    token, peer = secrets.token_hex(24), secrets.token_hex(24)
 
-    # the Secret volume as the kubelet makes it: root-owned, group = fsGroup, mode defaultMode
-    sec_dir = tmp_path / "secret"
+    # the projected Secret volume as the kubelet makes it: root-owned, group = fsGroup, mode defaultMode
+    sec_dir = tmp_path / "secrets"
     sec_dir.mkdir()
-    sec_vol = next(v for v in pod["volumes"] if "secret" in v)
-    (item,) = sec_vol["secret"]["items"]
-    (sec_dir / item["path"]).write_text(token)
-    for p, m in ((sec_dir, 0o750), (sec_dir / item["path"], sec_vol["secret"]["defaultMode"])):
-        os.chown(p, 0, psc["fsGroup"])
-        p.chmod(m)
-    token_mount = next(m for m in c["volumeMounts"] if m["name"] == sec_vol["name"])["mountPath"]
+    vol = next(v for v in pod["volumes"] if "projected" in v)
+    values = {"jobgrid-token": token, "jobgrid-peer-secret": peer}
+    os.chown(sec_dir, 0, psc["fsGroup"])
+    sec_dir.chmod(0o750)
+    for src in vol["projected"]["sources"]:
+        (item,) = src["secret"]["items"]
+        f = sec_dir / item["path"]
+        f.write_text(values[src["secret"]["name"]])
+        os.chown(f, 0, psc["fsGroup"])
+        f.chmod(vol["projected"]["defaultMode"])
+    token_mount = next(m for m in c["volumeMounts"] if m["name"] == vol["name"])["mountPath"]
     data = next(m for m in c["volumeMounts"] if m["name"] == "data")["mountPath"]
 
     def run_pod(hostname: str, ip: str, extra_hosts: dict[str, str] | None = None):
@@ -188,19 +193,22 @@ def test_statefulset_container_runs_in_the_node_image(lab, node_image, tmp_path)
     run_pod("jobgrid-0", ip2, {"jobgrid-peers": ip1})
     _wait(lambda: ring(ip0, token) == ring(ip1, token) == ring(ip2, token) == {ip0, ip1, ip2}, 60,
           "a fresh pod 0 to join the live grid", lab.logs)
-    assert_hardened(p0, psc["runAsUser"], token)
+    assert_hardened(p0, psc["runAsUser"], token, peer)
     run_jobs(ip1, token)
 
 
 def test_swarm_service_runs_in_the_node_image(lab, node_image, tmp_path):
     svc = yaml.safe_load(STACK.read_text())["services"]["node"]
     unesc = lambda x: x.replace("$$", "$")  # noqa: E731 - compose's `$$`, as docker stack deploy renders it
-    token = secrets.token_hex(24)
-    (sec,) = svc["secrets"]
-    tok = tmp_path / "token"
-    tok.write_text(token)
-    os.chown(tok, int(sec["uid"]), int(sec["gid"]))
-    tok.chmod(sec["mode"])
+    token, peer = secrets.token_hex(24), secrets.token_hex(24)
+    values = {"jobgrid_token": token, "jobgrid_peer_secret": peer}
+    binds = {}
+    for sec in svc["secrets"]:  # Docker secrets as Swarm mounts them: /run/secrets/<target>, uid/gid/mode
+        f = tmp_path / sec["target"]
+        f.write_text(values[sec["source"]])
+        os.chown(f, int(sec["uid"]), int(sec["gid"]))
+        f.chmod(sec["mode"])
+        binds[str(f)] = {"bind": f"/run/secrets/{sec['target']}", "mode": "ro"}
     data = next(m["target"] for m in svc["volumes"] if m["type"] == "volume")
     assert {m["target"] for m in svc["volumes"] if m["type"] == "tmpfs"} == {"/tmp"}
     assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
@@ -210,7 +218,7 @@ def test_swarm_service_runs_in_the_node_image(lab, node_image, tmp_path):
         env.update(JOBGRID_SERVICE="jobgrid_node", JOBGRID_SLOT=str(slot))  # what Swarm's templates give
         return lab.run(node_image, ip, entrypoint=svc["entrypoint"], command=[unesc(x) for x in svc["command"]],
                        environment=env, user=svc["user"], data=data, extra_hosts=extra_hosts,
-                       binds={str(tok): {"bind": f"/run/secrets/{sec['target']}", "mode": "ro"}})
+                       binds=binds)
 
     ip1, ip2 = lab.ips[:2]
     t1 = run_task(1, ip1)
@@ -222,5 +230,5 @@ def test_swarm_service_runs_in_the_node_image(lab, node_image, tmp_path):
     _wait(lambda: ring(ip1, token) == ring(ip2, token) == {ip1, ip2}, 60, "slot 2 to join through tasks.<service>",
           lab.logs)
     assert t2.exec_run(hc[1:]).exit_code == 0
-    assert_hardened(t2, int(svc["user"].split(":")[0]), token)
+    assert_hardened(t2, int(svc["user"].split(":")[0]), token, peer)
     run_jobs(ip2, token)
