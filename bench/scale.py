@@ -1,6 +1,7 @@
 """Membership at scale on the all-to-all heartbeat design: local grids of 8, 16 and 32 nodes.
 
     .venv/bin/python bench/scale.py [--sizes 8,16,32] [--window 30] [--load-seconds 120] [--plot docs/scale.png]
+    .venv/bin/python bench/scale.py --replot docs/scale-results.json --plot docs/scale.png
     make scale
 
 For each size N, two grids of real node processes on this machine (harness.local.LocalCluster, default
@@ -343,7 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-load", action="store_true", help="skip the job-load phase")
     ap.add_argument("--plot", type=Path, help="also write the figure here (PNG)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / f"scale-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    ap.add_argument("--replot", type=Path, metavar="JSON", help="only draw --plot from an earlier run's JSON")
     a = ap.parse_args(argv)
+    if a.replot:
+        if not a.plot:
+            raise SystemExit("--replot needs --plot FILE")
+        d = json.loads(a.replot.read_text())
+        plot({int(k): v for k, v in d["sizes"].items()}, d["growth"], a.plot)
+        print(f"wrote {a.plot}")
+        return 0
     sizes = [int(x) for x in a.sizes.split(",")]
     if any(n < 2 for n in sizes):
         raise SystemExit("--sizes: every grid needs at least 2 nodes")
