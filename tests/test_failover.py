@@ -7,9 +7,18 @@ the job's value.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
 
 from jobgrid import Client, examples
+from jobgrid.client import AsyncClient, build_spec, decode_value
+from jobgrid.errors import JobNotFound, JobTimeout
 from jobgrid.history import HistoryRecorder, check
 
 from conftest import by_value
@@ -51,3 +60,81 @@ def test_kill_the_clients_first_address_and_another_node_no_future_raises(cluste
     assert len(values) == 400
     res = check(hist.ops)
     assert res.valid and res.ok_count == 400, res.to_dict(limit=10)
+
+
+def _post(url: str, body: dict, timeout: float = 10.0) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}"), dict(e.headers)
+
+
+def _get(url: str, timeout: float = 10.0) -> tuple[int, dict, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}"), dict(e.headers)
+
+
+def test_unknown_only_from_a_settled_grid(cluster_factory):
+    """An id no node holds is "unknown" (404, JobNotFound) only once every member of the ring answered;
+    while a member is down but not yet removed it is "not known yet" (503, undetermined)."""
+    c = cluster_factory(replicas=3, runners=1, heartbeat_interval=0.5, failure_timeout=6.0, lease_ttl=3.0)
+    nodes = c.up(4)
+    live = nodes[0]
+    ghost = "no-such-job-" + uuid.uuid4().hex[:8]
+    status, body, _ = _post(live.url + "/results/wait", {"ids": [ghost], "timeout": 0})
+    assert status == 200 and body["unknown"] == [ghost] and body["undetermined"] == []
+    assert _get(f"{live.url}/jobs/{ghost}")[0] == 404
+    c.kill(nodes[2])
+    t0 = time.monotonic()
+    status, body, _ = _post(live.url + "/results/wait", {"ids": [ghost], "timeout": 0})
+    st, err, headers = _get(f"{live.url}/jobs/{ghost}")
+    assert time.monotonic() - t0 < 5.0, "asked before the dead member was removed (failure timeout 6 s)"
+    assert status == 200 and body["unknown"] == [] and body["undetermined"] == [ghost], body
+    assert st == 503 and "cannot tell yet" in err["error"] and headers.get("Retry-After"), (st, err)
+    with Client([n.url for n in nodes], timeout=30.0) as client:
+        with pytest.raises(JobTimeout):  # "don't know yet" is waited through, up to the caller's timeout
+            client.wait_result(ghost, timeout=1.0)
+        c.wait_converged(30)  # the dead member is out of the ring: the grid is settled again
+        with pytest.raises(JobNotFound):
+            client.wait_result(ghost, timeout=30.0)
+        with pytest.raises(JobNotFound):
+            client.status(ghost)
+
+
+def test_gather_of_200_wait_result_calls_shares_a_few_requests(cluster_factory):
+    """200 concurrent wait_result calls, more than a node takes in flight on one stream: none may see
+    "too many calls in flight"; the client asks about all the ids in one long poll at a time."""
+    c = cluster_factory(replicas=2, runners=1)  # a stream takes 64 calls in flight (max_conns_per_client)
+    nodes = c.up(2)
+
+    async def go() -> tuple[list, int]:
+        async with AsyncClient([n.url for n in nodes], timeout=30.0) as client:
+            polls = most = 0
+            send = client._send
+
+            async def counting(base, method, path, *a, **kw):  # a spy on the real transport
+                nonlocal polls, most
+                if path != "/results/wait":
+                    return await send(base, method, path, *a, **kw)
+                polls += 1
+                most = max(most, polls)
+                try:
+                    return await send(base, method, path, *a, **kw)
+                finally:
+                    polls -= 1
+            client._send = counting  # type: ignore[method-assign]
+            futs = await client.submit_many([build_spec("call", target="jobgrid.examples:sleep", args=[0.02, i])
+                                             for i in range(200)])
+            ids = [f.job_id for f in futs]
+            records = await asyncio.gather(*(client.wait_result(i, timeout=60) for i in ids))
+            values = [await f for f in futs]
+            return [decode_value(r) for r in records] + values, most
+
+    out, most = asyncio.run(go())
+    assert out == list(range(200)) * 2
+    assert most == 1, f"{most} result polls in flight at once for 200 waits"

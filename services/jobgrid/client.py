@@ -34,11 +34,16 @@ from .protocol import (
     CancelRequest, JobSpec, Result, ServerList, SubmitRequest, SubmitResponse, WaitRequest, WaitResponse,
 )
 
-_WAIT_WINDOW = 512
+_WAIT_WINDOW = 512  # ids per result poll: many waits (futures, wait_result calls) share one request
+_POLL = 1.0  # s one result poll may wait on the node: an id added meanwhile joins the next poll
 _STREAMED = frozenset({"/jobs", "/results/wait"})  # sent over the node's stream (see AsyncClient._send)
+_STREAM_SLOTS = 32  # calls in flight per stream; more wait here (a node refuses more than its limit with 429)
+_STREAM_HEARTBEAT = 3.0  # s between pings on an idle stream: a frozen node is given up after half of it more
 _LINGER = 0.003  # s a node may hold the ack of a small submission for its results (see _flush_submits)
 _LINGER_MAX_JOBS = 16
 _FIRST_CONTACT = 2.0  # seconds to keep trying addresses that never answered before giving up
+_REFRESH = 2.0  # s between two refreshes of the learned server list
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,12 @@ def decode_value(res: Result) -> Any:
 
 
 def build_spec(kind: str, *, job_id: str | None = None, **opts: Any) -> JobSpec:
+    """A validated JobSpec. The job's id is `job_id=` or `id=` (the same thing; give one)."""
+    if "id" in opts:
+        alias = opts.pop("id")
+        if job_id is not None and alias is not None and alias != job_id:
+            raise ConfigError(f"give the job id once: job_id={job_id!r} and id={alias!r} differ")
+        job_id = job_id or alias
     delay = opts.pop("delay", None)
     if delay is not None:
         if delay < 0:
@@ -111,8 +122,23 @@ def build_spec(kind: str, *, job_id: str | None = None, **opts: Any) -> JobSpec:
         raise ConfigError(f"invalid job: {e}") from None
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """One wait for a job's result: a future from `submit` (resolved with the job's value) or a
+    `wait_result` call (resolved with the result record)."""
+
+    fut: asyncio.Future
+    raw: bool = False
+    deadline: float | None = None  # wait_result's timeout (monotonic)
+    asked: bool = False            # a poll that included this id has come back since it was registered
+
+
 class AsyncClient:
-    """`AsyncClient("http://127.0.0.1:8000")` or a list of addresses for failover."""
+    """`AsyncClient("http://127.0.0.1:8000")` or a list of addresses for failover.
+
+    `timeout` bounds each call (a submission's ack, a status query) including its failover to other
+    nodes; the futures of submitted jobs wait for as long as their jobs take.
+    """
 
     def __init__(self, address: str | Sequence[str] = "http://127.0.0.1:8000", *, token: str | None = None,
                  ssl: ssl_mod.SSLContext | None = None, timeout: float = 30.0,
@@ -121,23 +147,29 @@ class AsyncClient:
         addrs = [address] if isinstance(address, str) else list(address)
         if not addrs:
             raise ConfigError("give at least one node address")
-        self.addresses = [_normalise(a) for a in addrs]
+        if not timeout > 0:
+            raise ConfigError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self._given = list(dict.fromkeys(_normalise(a) for a in addrs))
+        self.addresses = list(self._given)  # the given ones first, then the grid's server list
         self.token = token_from_env(token)
         self.ssl = ssl
         self.timeout = timeout
         self._current = 0
         self._session: aiohttp.ClientSession | None = None
-        self._futures: dict[str, list[asyncio.Future]] = {}
+        self._waiting: dict[str, list[_Waiter]] = {}
         self._waiter: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._submits: GroupCommit[JobSpec, SubmitResponse] = GroupCommit(self._flush_submits, max_items=5000)
         self._on_result = on_result
         self._closed = False
-        self._learned = False
+        self._refreshed_at = float("-inf")
+        self._background: set[asyncio.Task] = set()
         self._reached = False  # some node answered once: from then on an outage is waited out (failover)
+        self._poll_error: Exception | None = None
         self._unacked: dict[str, asyncio.Future] = {}
         self._early: dict[str, Result] = {}  # results that came with an ack, for futures not tracked yet
         self._links: dict[str, Link] = {}  # node base URL -> its stream
+        self._slots: dict[str, asyncio.Semaphore] = {}  # node base URL -> room for calls on its stream
         self._streaming = True
         self._linger_ok = True
 
@@ -152,50 +184,77 @@ class AsyncClient:
         return self._session
 
     async def _call(self, method: str, path: str, body: Any, reply: type, *, timeout: float | None = None,
-                    retry_other_nodes: bool = True, cause: str | None = None) -> Any:
-        """One request; on a connection failure or 503, try the other nodes it knows."""
-        last: Exception | None = None
-        tries = len(self.addresses) if retry_other_nodes else 1
+                    cause: str | None = None, poll: float = 0.0, again: Any = None) -> Any:
+        """One request, failing over until `timeout` (the client's by default) runs out.
+
+        A connection failure, a try that takes too long (a frozen node), 502/503/504 and 429 move on to
+        the next address; once every address was tried, the next round waits for the longest Retry-After
+        heard (or a growing back-off). `again` is the body to send on every attempt after the first (a
+        resubmission must say so: the first attempt's outcome is unknown). `poll`: seconds the node may
+        hold the answer (a long poll), added to each try's time limit.
+        """
+        total = self.timeout if timeout is None else timeout
+        start = time.monotonic()
+        end = start + total + poll
+        try_for = max(2.0, total / 3) + poll
         data = encode(body, MSGPACK) if body is not None else None
-        for _ in range(max(1, tries)):
+        resend = encode(again, MSGPACK) if again is not None else data
+        last: Exception | None = None
+        tried, backoff, pause = 0, 0.05, 0.0
+        while True:
             base = self.addresses[self._current % len(self.addresses)]
+            left = end - time.monotonic()
             try:
-                status, raw, ctype = await self._send(base, method, path, data, cause, timeout or self.timeout)
-            except (aiohttp.ClientConnectionError, OSError, TimeoutError) as e:
+                status, raw, ctype, retry_after = await self._send(base, method, path, data if tried == 0 else resend,
+                                                                   cause, max(0.05, min(try_for, left)))
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:  # refused, reset, closed stream, timed out
                 last = GridUnavailable(f"{base}: {type(e).__name__}: {e}")
-                self._rotate()
-                if not self._learned:
-                    await self._learn_servers()
-                continue
-            self._reached = True
-            if status == 401:
-                raise ProtocolError("the node refused the cluster token (401): set JOBGRID_TOKEN or pass token=", 401)
-            if status in (502, 503, 504):
-                last = GridUnavailable(f"{base}: {_err(raw)}")
-                self._rotate()
-                continue
-            if status == 404:
-                raise JobNotFound(_err(raw))
-            if status >= 400:
-                raise ProtocolError(f"{base}{path}: {_err(raw)}", status)
-            return decode(raw, reply, ctype)
-        raise last or GridUnavailable("no node answered")
+            else:
+                self._reached = True
+                if status == 401:
+                    raise ProtocolError("the node refused the cluster token (401): set JOBGRID_TOKEN or pass token=",
+                                        401)
+                if status in _RETRY_STATUSES:
+                    last = GridUnavailable(f"{base}: {_err(raw)}")
+                    pause = max(pause, retry_after or 0.0)
+                elif status == 404:
+                    raise JobNotFound(_err(raw))
+                elif status >= 400:
+                    raise ProtocolError(f"{base}{path}: {_err(raw)}", status)
+                else:
+                    if self._refreshed_at == float("-inf"):
+                        self._refresh_servers()  # learn the grid's server list once a node answers
+                    return decode(raw, reply, ctype)
+            now = time.monotonic()
+            if not self._reached and now > start + min(_FIRST_CONTACT, total):
+                raise GridUnavailable(f"no jobgrid server answered at {', '.join(self.addresses)}: is one "
+                                      f"running there? (last error: {last})") from None
+            if now >= end:
+                raise last
+            self._rotate()
+            self._refresh_servers()
+            tried += 1
+            if tried % len(self.addresses) == 0:  # every address tried: wait before the next round
+                await asyncio.sleep(max(0.0, min(max(backoff, pause), end - now)))
+                backoff, pause = min(1.0, backoff * 2), 0.0
 
     async def _send(self, base: str, method: str, path: str, data: bytes | None, cause: str | None,
-                    timeout: float) -> tuple[int, bytes, str]:
-        """(status, body, content type) of one request: submissions and result waits over the node's
-        stream (one WebSocket, opened once), everything else as an HTTP request."""
+                    timeout: float) -> tuple[int, bytes, str, float | None]:
+        """(status, body, content type, Retry-After) of one request: submissions and result waits over
+        the node's stream (one WebSocket, opened once), everything else as an HTTP request."""
         if self._streaming and method == "POST" and path in _STREAMED and data is not None:
             link = self._links.get(base)
             if link is None:
-                link = self._links[base] = Link(self._sess(), base + STREAM_PATH)
+                link = self._links[base] = Link(self._sess(), base + STREAM_PATH, heartbeat=_STREAM_HEARTBEAT)
+            slots = self._slots.setdefault(base, asyncio.Semaphore(_STREAM_SLOTS))
             try:
                 async with asyncio.timeout(timeout):
-                    status, raw = await link.call(path, data, cause)
-                return status, raw, MSGPACK if status < 400 else JSON
+                    async with slots:  # never more calls on one stream than a node takes: the rest queue here
+                        status, raw = await link.call(path, data, cause)
+                return status, raw, MSGPACK if status < 400 else JSON, _retry_after(raw) if status >= 400 else None
             except aiohttp.WSServerHandshakeError as e:
                 if e.status == 401:
-                    return 401, b"", JSON
+                    return 401, b"", JSON, None
                 if e.status != 404:
                     raise aiohttp.ClientConnectionError(f"stream refused: {e.status} {e.message}") from None
                 self._streaming = False  # a node without the stream: plain requests from now on
@@ -205,53 +264,65 @@ class AsyncClient:
         async with self._sess().request(method, base + path, data=data, headers=headers or None,
                                         timeout=aiohttp.ClientTimeout(total=timeout)) as r:
             raw = await r.read()
-            return r.status, raw, MSGPACK if r.content_type == MSGPACK else JSON
+            after = _retry_after(raw, r.headers.get("Retry-After")) if r.status >= 400 else None
+            return r.status, raw, MSGPACK if r.content_type == MSGPACK else JSON, after
 
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
 
+    def _refresh_servers(self) -> None:
+        """Learn the grid's current server list in the background (at most every `_REFRESH` seconds), so
+        nodes added later are failover targets and removed ones stop being tried first."""
+        now = time.monotonic()
+        if now - self._refreshed_at < _REFRESH or self._closed:
+            return
+        self._refreshed_at = now
+        t = asyncio.ensure_future(self._learn_servers())
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
     async def _learn_servers(self) -> None:
-        """Add every server of the grid to the addresses, so a dead node is not the end."""
-        self._learned = True
-        for base in list(self.addresses):
+        order = self.addresses[self._current:] + self.addresses[:self._current]
+        for base in order:
             try:
                 async with self._sess().get(base + "/servers", timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status != 200:
                         continue
                     sl = decode(await r.read(), ServerList, r.content_type if r.content_type == MSGPACK else
                                 "application/json")
-                scheme = base.split("://")[0]
-                for s in sl.servers:
-                    a = f"{scheme}://{s.ip}:{s.port}"
-                    if a not in self.addresses:
-                        self.addresses.append(a)
-                return
-            except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError):
+            except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError, msgspec.ValidationError):
                 continue
+            scheme = base.split("://")[0]
+            learned = [f"{scheme}://{_host(s.ip)}:{s.port}" for s in sl.servers if s.status != "dead"]
+            current = self.addresses[self._current % len(self.addresses)]
+            self.addresses = self._given + [a for a in dict.fromkeys(learned) if a not in self._given]
+            self._current = self.addresses.index(current) if current in self.addresses else 0
+            return
 
     # ---- submitting ------------------------------------------------------------------------------------
     async def submit_spec(self, spec: JobSpec) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         fut.job_id = spec.id  # type: ignore[attr-defined]
         await self._submits.submit([spec])
-        self._track(spec.id, fut)  # only acknowledged ids are waited for
+        self._track(spec.id, _Waiter(fut))  # only acknowledged ids are waited for
         return fut
 
     def submit_detached(self, spec: JobSpec) -> asyncio.Future:
         """Submit without waiting for the ack: a failed ack, or later the result, arrives in the future."""
         fut = asyncio.get_running_loop().create_future()
-        fut.job_id = spec.id  # type: ignore[attr-defined]
+        jid = fut.job_id = spec.id  # type: ignore[attr-defined]
         ack = asyncio.ensure_future(self._submits.submit([spec]))
-        self._unacked[spec.id] = ack
+        self._unacked[jid] = ack
+        del spec  # the ack's callback must not keep the job's payload alive
 
         def acked(a: asyncio.Future) -> None:
-            self._unacked.pop(spec.id, None)
+            self._unacked.pop(jid, None)
             err = GridUnavailable("submission cancelled") if a.cancelled() else a.exception()
             if err is not None:
                 if not fut.done():
                     fut.set_exception(err)
                 return
-            self._track(spec.id, fut)
+            self._track(jid, _Waiter(fut))
         ack.add_done_callback(acked)
         return fut
 
@@ -263,34 +334,26 @@ class AsyncClient:
 
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[SubmitResponse]:
         specs = [s for g in groups for s in g]
-        retry = False
-        start = time.monotonic()
-        end = start + self.timeout
         cause = new_cause("sub-")  # the batch's causal id: the nodes' log lines about these jobs carry it
         # a small batch lets the node hold the ack up to _LINGER for the jobs' results (short jobs then
         # need no wait request); a large one is acked at once
         linger = _LINGER if len(specs) <= _LINGER_MAX_JOBS and self._linger_ok else 0.0
         while True:
+            extra = {"linger": linger} if linger else {}
             try:
+                # an attempt after a failed one is a resubmission (retry: the grid looks the ids up first,
+                # so a job whose first attempt did reach a node is not created twice)
                 resp: SubmitResponse = await self._call(
-                    "POST", "/jobs", SubmitRequest(jobs=specs, retry=retry, **({"linger": linger} if linger else {})),
-                    SubmitResponse, cause=cause)
-                for res in resp.results:
-                    self._early[res.job_id] = res
-                return [resp] * len(groups)
+                    "POST", "/jobs", SubmitRequest(jobs=specs, **extra), SubmitResponse, cause=cause,
+                    again=SubmitRequest(jobs=specs, retry=True, **extra))
             except ProtocolError as e:
                 if e.status == 422 and linger and "linger" in str(e):  # a node from before `linger`
                     self._linger_ok, linger = False, 0.0
                     continue
                 raise
-            except GridUnavailable as e:
-                if not self._reached and time.monotonic() > start + min(_FIRST_CONTACT, self.timeout):
-                    raise GridUnavailable(f"no jobgrid server answered at {', '.join(self.addresses)}: is one "
-                                          f"running there? (last error: {e})") from None
-                if time.monotonic() > end:
-                    raise
-                retry = True  # the outcome is unknown: resubmit idempotently, the grid dedupes by id
-                await asyncio.sleep(0.1)
+            for res in resp.results:
+                self._early[res.job_id] = res
+            return [resp] * len(groups)
 
     async def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:
         return await self.submit_spec(pickle_spec(fn, args, kwargs))
@@ -310,6 +373,7 @@ class AsyncClient:
     async def map(self, fn: Callable, *iterables: Iterable, **opts: Any) -> list[Any]:
         specs = [pickle_spec(fn, args, {}, **opts) for args in zip(*iterables)]
         futs = await self.submit_many(specs)
+        del specs
         return [await f for f in futs]
 
     async def submit_many(self, specs: Sequence[JobSpec]) -> list[asyncio.Future]:
@@ -321,14 +385,14 @@ class AsyncClient:
             for s in chunk:
                 f = loop.create_future()
                 f.job_id = s.id  # type: ignore[attr-defined]
-                self._track(s.id, f)
+                self._track(s.id, _Waiter(f))
                 futs.append(f)
         return futs
 
     # ---- results -----------------------------------------------------------------------------------------
-    def _track(self, job_id: str, fut: asyncio.Future) -> None:
-        """Resolve `fut` with the job's result: at once if it came with the ack, else from the wait loop."""
-        self._futures.setdefault(job_id, []).append(fut)
+    def _track(self, job_id: str, w: _Waiter) -> None:
+        """Resolve `w` with the job's result: at once if it came with the ack, else from the wait loop."""
+        self._waiting.setdefault(job_id, []).append(w)
         early = self._early.pop(job_id, None)
         if early is not None:
             self._resolve(early)
@@ -340,11 +404,28 @@ class AsyncClient:
         if self._waiter is None or self._waiter.done():
             self._waiter = asyncio.ensure_future(self._wait_loop())
 
+    def _expire(self, now: float) -> None:
+        """Drop finished waits; a wait_result past its deadline that the grid was asked about times out."""
+        for jid in list(self._waiting):
+            ws = [w for w in self._waiting[jid] if not w.fut.done()]
+            for w in ws:
+                if w.deadline is not None and now >= w.deadline and w.asked:
+                    w.fut.set_exception(JobTimeout(f"job {jid} has no result yet (waited until the timeout)"))
+            ws = [w for w in ws if not w.fut.done()]
+            if ws:
+                self._waiting[jid] = ws
+            else:
+                del self._waiting[jid]
+
     async def _wait_loop(self) -> None:
+        """One long poll at a time for every awaited id (a window of them when there are many). Only an
+        id that a settled grid does not know fails its waits (JobNotFound); "not known yet" and a grid
+        that cannot be reached are waited out: a job's future never fails because of a failover."""
         offset = 0
-        while self._futures and not self._closed:
-            self._futures = {k: v for k, v in self._futures.items() if any(not f.done() for f in v)}
-            ids = list(self._futures)
+        while not self._closed:
+            now = time.monotonic()
+            self._expire(now)
+            ids = list(self._waiting)
             if not ids:
                 break
             if len(ids) > _WAIT_WINDOW:  # the oldest half (they finish next) and a rotating half (no starving)
@@ -353,50 +434,74 @@ class AsyncClient:
                 offset = offset % len(rest)
                 ids = ids[:half] + (rest[offset:] + rest[:offset])[:half]
                 offset += half
+            sent = [(i, list(self._waiting.get(i, ()))) for i in ids]
+            deadlines = [w.deadline for _, ws in sent for w in ws if w.deadline is not None]
+            hold = _POLL if not deadlines else max(0.0, min(_POLL, min(deadlines) - now))
+            self._wake.clear()
             try:
-                resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=ids, timeout=5.0),
-                                                      WaitResponse, timeout=self.timeout + 5)
+                resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=ids, timeout=hold),
+                                                      WaitResponse, poll=hold)
             except (GridUnavailable, ProtocolError) as e:
-                for v in self._futures.values():
-                    for f in v:
-                        if not f.done() and getattr(f, "_give_up", 0) and time.monotonic() > f._give_up:
-                            f.set_exception(e)
+                self._poll_error = e
+                for _, ws in sent:  # a wait_result past its deadline learns why it got no answer
+                    for w in ws:
+                        if w.deadline is not None and time.monotonic() >= w.deadline and not w.fut.done():
+                            w.fut.set_exception(e)
                 await asyncio.sleep(0.2)
                 continue
+            self._poll_error = None
+            for _, ws in sent:
+                for w in ws:
+                    w.asked = True
             for res in resp.results:
                 self._resolve(res)
             for jid in resp.unknown:
-                for f in self._futures.pop(jid, []):
-                    if not f.done():
-                        f.set_exception(JobNotFound(f"no server knows job {jid}"))
+                for w in self._waiting.pop(jid, []):
+                    if not w.fut.done():
+                        w.fut.set_exception(JobNotFound(f"no server knows job {jid}"))
+            # resp.undetermined: not known yet (a failover is under way); those ids are simply asked again
 
     def _resolve(self, res: Result) -> None:
-        if self._on_result is not None and res.job_id in self._futures:
+        waiters = self._waiting.pop(res.job_id, [])
+        if self._on_result is not None and waiters:
             self._on_result(res)
-        for f in self._futures.pop(res.job_id, []):
-            if f.done():
+        for w in waiters:
+            if w.fut.done():
+                continue
+            if w.raw:
+                w.fut.set_result(res)
                 continue
             try:
-                f.set_result(decode_value(res))
+                w.fut.set_result(decode_value(res))
             except BaseException as e:  # noqa: BLE001 - the job's own exception travels to the caller
-                f.set_exception(e)
+                w.fut.set_exception(e)
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         return decode_value(await self.wait_result(job_id, timeout))
 
     async def wait_result(self, job_id: str, timeout: float | None = None) -> Result:
+        """The job's result record, waiting up to `timeout` seconds (None: as long as it takes).
+
+        Many concurrent calls share one long poll. Raises JobNotFound only when the grid is settled and
+        no node holds the job, JobTimeout when the timeout passes first.
+        """
         await self._settled([job_id])
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 10.0 if end is None else max(0.0, min(10.0, end - time.monotonic()))
-            resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=[job_id], timeout=left),
-                                                  WaitResponse, timeout=left + self.timeout)
-            if resp.results:
-                return resp.results[0]
-            if resp.unknown:
-                raise JobNotFound(f"no server knows job {job_id}")
-            if end is not None and time.monotonic() >= end:
-                raise JobTimeout(f"job {job_id} has no result after {timeout} s")
+        fut = asyncio.get_running_loop().create_future()
+        w = _Waiter(fut, raw=True, deadline=None if timeout is None else time.monotonic() + max(0.0, timeout))
+        self._track(job_id, w)
+        try:
+            if timeout is None:
+                return await fut
+            # the loop answers by the deadline; the grace covers one failing-over request when none answers
+            return await asyncio.wait_for(asyncio.shield(fut), max(0.0, timeout) + self.timeout + _POLL)
+        except TimeoutError:
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception() from None
+            raise JobTimeout(f"job {job_id} has no result after {timeout} s"
+                             + (f" (last error: {self._poll_error})" if self._poll_error else "")) from None
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     async def status(self, job_id: str) -> dict:
         await self._settled([job_id])
@@ -416,9 +521,11 @@ class AsyncClient:
 
     async def close(self) -> None:
         self._closed = True
-        if self._waiter is not None:
-            self._waiter.cancel()
-            await asyncio.gather(self._waiter, return_exceptions=True)
+        for t in [self._waiter, *self._background]:
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*(t for t in [self._waiter, *self._background] if t is not None),
+                             return_exceptions=True)
         for link in self._links.values():
             await link.close()
         self._links.clear()
@@ -452,6 +559,24 @@ def script_spec(path_or_source: str | os.PathLike, argv: Sequence[str] = (), **o
     else:
         source = str(path_or_source)
     return build_spec("script", source=source, argv=[str(a) for a in argv], name=name or "script", **opts)
+
+
+def _host(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
+
+
+def _retry_after(raw: bytes, header: str | None = None) -> float | None:
+    """Seconds to wait before asking again: the Retry-After header, else `retry_after` in the error body."""
+    if header:
+        try:
+            return max(0.0, float(header))
+        except ValueError:
+            return None
+    try:
+        value = msgspec.json.decode(raw).get("retry_after")
+        return max(0.0, float(value)) if value is not None else None
+    except Exception:  # noqa: BLE001 - an error body without it
+        return None
 
 
 def _err(raw: bytes) -> str:

@@ -115,7 +115,10 @@ class WaitRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class WaitResponse(msgspec.Struct):
     results: list[Result]
-    unknown: list[str]
+    unknown: list[str]  # no member of a settled grid holds these ids: JobNotFound
+    # not known yet: some node that might hold them did not answer (a failover is under way); keep waiting.
+    # Older clients ignore it and see these ids as still pending, which is what they are to them.
+    undetermined: list[str] = []
 
 
 class JobStatus(msgspec.Struct):

@@ -30,13 +30,14 @@ from .batching import GroupCommit
 from .jobs import JobFlow, LocalRunner
 from .metrics import Metrics
 from .peers import PeerError, Peers
+from .search import Search
 from .store import Store
 
 _ring_enc = msgspec.msgpack.Encoder()
 _ring_dec = msgspec.msgpack.Decoder(RingState)
 
 
-class Grid(JobFlow):
+class Grid(JobFlow, Search):
     """One server: its store, its view of the ring, and the protocol with its peers (and, from
     `JobFlow`, what happens to the jobs it owns)."""
 
@@ -608,20 +609,6 @@ class Grid(JobFlow):
             for r in a.results:
                 out[r.job_id] = r
         return out
-
-    async def locate(self, job_id: str) -> Result | JobRecord | None:
-        """The freshest thing known about a job: a result anywhere, else its queued record."""
-        res = self.store.get_results([job_id]).get(job_id)
-        if res is not None:
-            return res
-        held = self.store.get_jobs([job_id]).get(job_id)
-        if held is not None and held[0].owner == self.id:
-            return held[0]
-        try:
-            found = await self.lookup_everywhere([job_id]) if self.mem.peers() else {}
-        except GridUnavailable:
-            found = {}
-        return found.get(job_id) or (held[0] if held is not None else None)
 
     def on_lookup(self, req: LookupRequest) -> LookupResponse:
         results = self.store.get_results(req.ids)

@@ -21,6 +21,7 @@ from ..protocol import (
     ReplicateRequest, ReportRequest, StealRequest, SubmitRequest, SubmitResponse, UnlockRequest, WaitRequest,
     WaitResponse, JobId, JobRecord, Result,
 )
+from ..lookup import Verdict
 from .grid import Grid
 from .stream import STREAM_PATH, StreamBinding, StreamServer
 
@@ -87,8 +88,9 @@ def parse(raw: bytes, typ: type, ct: str = MSGPACK) -> Any:
 
 def failure(grid: Grid, path: str, e: Exception) -> tuple[int, bytes, str, dict[str, str]]:
     """A handler's exception as (status, body, content type, headers): one mapping for HTTP and the stream."""
-    if isinstance(e, Unavailable):
-        return e.status, _error_body(str(e)), JSON, {"Retry-After": str(max(1, round(e.retry_after)))}
+    if isinstance(e, Unavailable):  # Retry-After also in the body: a stream answer has no headers
+        return (e.status, encode({"error": str(e), "retry_after": e.retry_after}, JSON), JSON,
+                {"Retry-After": str(max(1, round(e.retry_after)))})
     if isinstance(e, ProtocolError):
         if e.status == 409 and path.startswith("/peer/"):  # fencing: the answer carries our ring
             return 409, encode(grid.mem.ring, MSGPACK), MSGPACK, {}
@@ -189,8 +191,8 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         return reply(request, await wait_message(await body(request, WaitRequest)))
 
     async def wait_message(req: WaitRequest) -> WaitResponse:
-        res, unknown = await grid.wait_results(req.ids, req.timeout)
-        return WaitResponse(results=res, unknown=unknown)
+        res, unknown, undetermined = await grid.wait_results(req.ids, req.timeout)
+        return WaitResponse(results=res, unknown=unknown, undetermined=undetermined)
 
     def _job_id(request: web.Request) -> str:
         raw = request.match_info["id"]
@@ -201,16 +203,20 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def job_status(request: web.Request) -> web.Response:
         jid = _job_id(request)
-        st = await job_view(grid, jid)
-        if st is None:
+        found = await grid.locate(jid)
+        if found is None:
             return error(request, 404, f"no server knows job {jid}")
-        return reply(request, st)
+        if isinstance(found, Verdict):
+            return _not_known_yet(request, jid)
+        return reply(request, job_view(found))
 
     async def job_result(request: web.Request) -> web.Response:
         jid = _job_id(request)
         found = await grid.locate(jid)
         if found is None:
             return error(request, 404, f"no server knows job {jid}")
+        if isinstance(found, Verdict):
+            return _not_known_yet(request, jid)
         if not isinstance(found, Result):
             return error(request, 404, f"job {jid} has no result yet", **{"Retry-After": "1"})
         return reply(request, found)
@@ -290,15 +296,18 @@ def _status(rec, state: str) -> JobStatus:
                      name=rec.spec.name, priority=rec.spec.priority, submitted_at=rec.submitted_at)
 
 
-async def job_view(grid: Grid, jid: str) -> dict | None:
-    found = await grid.locate(jid)
-    if found is None:
-        return None
+def _not_known_yet(request: web.Request, jid: str) -> web.Response:
+    return error(request, 503, f"cannot tell yet whether job {jid} exists: a node that might hold it did not "
+                 "answer (a failover is under way); retry", **{"Retry-After": "1"})
+
+
+def job_view(found: Result | JobRecord) -> dict:
+    """A job's status: its queue record, or its result without the value."""
     if isinstance(found, JobRecord):
         return msgspec.to_builtins(_status(found, found.state))
     d = msgspec.to_builtins(found)
     d.pop("value", None)
-    d["id"] = jid
+    d["id"] = found.job_id
     return d
 
 

@@ -152,9 +152,13 @@ class _Conn:
 class Link:
     """The calling side of one peer's stream; (re)connects on demand."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str = STREAM_PATH) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str = STREAM_PATH, *,
+                 heartbeat: float | None = None) -> None:
+        """`heartbeat`: ping an idle stream this often and close it when no pong comes within half of it
+        (a frozen peer then fails its calls at once instead of at their timeouts)."""
         self._session = session
         self._url = url
+        self._heartbeat = heartbeat
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -167,7 +171,8 @@ class Link:
             c = self._conn
             if c is not None and not c.ws.closed:
                 return c
-            ws = await self._session.ws_connect(self._url, compress=0, max_msg_size=0, autoping=True)
+            ws = await self._session.ws_connect(self._url, compress=0, max_msg_size=0, autoping=True,
+                                                heartbeat=self._heartbeat)
             c = _Conn(ws)
             c.reader = asyncio.ensure_future(self._read(c))
             self._conn = c
