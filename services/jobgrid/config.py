@@ -20,7 +20,7 @@ KEYS: dict[str, str] = {
     "log_level": "JOBGRID_LOG_LEVEL", "heartbeat_interval": "JOBGRID_HEARTBEAT_INTERVAL",
     "failure_timeout": "JOBGRID_FAILURE_TIMEOUT", "lease_ttl": "JOBGRID_LEASE_TTL",
     "job_timeout": "JOBGRID_JOB_TIMEOUT", "token_file": "JOBGRID_TOKEN_FILE",
-    "peer_transport": "JOBGRID_PEER_TRANSPORT",
+    "peer_transport": "JOBGRID_PEER_TRANSPORT", "force_new_cluster": "JOBGRID_FORCE_NEW_CLUSTER",
 }
 
 

@@ -153,6 +153,8 @@ class ServerList(msgspec.Struct):
     epoch: Epoch
     me: str
     servers: list[ServerEntry]
+    serving: bool = True  # false: the answering node takes no work now, `reason` says why
+    reason: str = ""
 
 
 # ---- peer protocol ----------------------------------------------------------------------------
@@ -263,6 +265,15 @@ class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
 class LookupResponse(msgspec.Struct):
     results: list[Result]
     jobs: list[JobRecord]
+
+
+class RecoveryState(msgspec.Struct):
+    """GET /peer/recovery: what a node restarting after an outage asks the members of its saved ring."""
+
+    node: str
+    live: bool                     # a member of a running grid (then `ring` is that grid's ring)
+    ring: RingState
+    saved: RingState | None = None  # the ring it had agreed to before it (re)started
 
 
 class UnlockRequest(msgspec.Struct, forbid_unknown_fields=True):

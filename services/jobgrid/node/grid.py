@@ -30,6 +30,7 @@ from .batching import GroupCommit
 from .jobs import JobFlow, LocalRunner
 from .metrics import Metrics
 from .peers import PeerError, Peers
+from .restart import Restart
 from .search import Search
 from .store import Store
 
@@ -37,7 +38,7 @@ _ring_enc = msgspec.msgpack.Encoder()
 _ring_dec = msgspec.msgpack.Decoder(RingState)
 
 
-class Grid(JobFlow, Search):
+class Grid(JobFlow, Search, Restart):
     """One server: its store, its view of the ring, and the protocol with its peers (and, from
     `JobFlow`, what happens to the jobs it owns)."""
 
@@ -138,6 +139,8 @@ class Grid(JobFlow, Search):
     def require_serving(self) -> None:
         if self.stopping:
             raise Unavailable("node is stopping")
+        if self.recovering is not None:
+            raise Unavailable(self.not_serving_reason() or "restarting", retry_after=2.0)
         if not self.mem.is_member:
             raise Unavailable("node is not (yet) a member of the ring")
         if not self.mem.has_quorum(time.monotonic()):
@@ -148,6 +151,12 @@ class Grid(JobFlow, Search):
         wall = time.time()
         out = []
         c = self.counts()
+        waiting = self.recovering
+        if waiting is not None:  # restarting after an outage: the ring it waits for, who is back and who not
+            out = [ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port,
+                               status="alive" if m.id in waiting.back else "dead") for m in waiting.ring.members]
+            return ServerList(epoch=waiting.ring.epoch, me=self.id, servers=out, serving=False,
+                              reason=self.not_serving_reason() or "")
         for m in self.mem.members:
             if m.id == self.id:
                 out.append(ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port, active=c["queued"],
@@ -158,7 +167,9 @@ class Grid(JobFlow, Search):
                 out.append(ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port,
                                        active=self.mem.active.get(m.id, 0), backup=self.mem.backup.get(m.id, 0),
                                        timestamp=ts, status=self.mem.status(m.id, now)))  # type: ignore[arg-type]
-        return ServerList(epoch=self.mem.ring.epoch, me=self.id, servers=out)
+        reason = self.not_serving_reason()
+        return ServerList(epoch=self.mem.ring.epoch, me=self.id, servers=out, serving=reason is None,
+                          reason=reason or "")
 
     # ---- ring changes --------------------------------------------------------------------------------
     def apply_ring(self, new: RingState) -> RingChange | None:
@@ -223,11 +234,15 @@ class Grid(JobFlow, Search):
             self.joined.set()
             self.event("grid_started", location=loc)
             return
-        ring = await self._fetch_ring_any(contacts)
+        if self.saved_ring is not None and self.saved_ring.members:
+            # restarted on its data dir: a live grid takes it back; after an outage of the whole grid, it
+            # waits for a majority of the ring it knew (restart.py), however long that takes
+            ring = await self.recover(contacts)
+            if ring is None:
+                return
+        else:
+            ring = await self._fetch_ring_any(contacts)
         if ring is None:
-            if self.s.join is None and self.saved_ring is not None:
-                raise GridUnavailable("none of the servers this node knew answered; start it with "
-                                      "HOST PORT of a live server to rejoin")
             raise GridUnavailable(f"no server answered at {self.s.join[0]}:{self.s.join[1]}" if self.s.join
                                   else "no server answered")
         mine = next((m for m in ring.members if m.id == self.id), None)

@@ -170,9 +170,11 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
 
 def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
-        serving = grid.joined.is_set() and not grid.stopping
-        return web.json_response({"ok": serving, "node": grid.id, "member": grid.mem.is_member},
-                                 status=200 if serving else 503)
+        reason = grid.not_serving_reason()
+        body = {"ok": reason is None, "node": grid.id, "member": grid.mem.is_member}
+        if reason is not None:
+            body["reason"] = reason
+        return web.json_response(body, status=200 if reason is None else 503)
 
     async def servers(request: web.Request) -> web.Response:
         return reply(request, grid.server_list())
@@ -262,6 +264,9 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
     async def p_ring_get(request: web.Request) -> web.Response:
         return reply(request, grid.mem.ring)
 
+    async def p_recovery(request: web.Request) -> web.Response:
+        return reply(request, grid.recovery_state())
+
     def bind(request: web.Request) -> StreamBinding:
         g: Grid = request.app["grid"]
 
@@ -286,7 +291,8 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         web.get("/jobs", list_jobs), web.get("/jobs/{id}", job_status), web.get("/jobs/{id}/result", job_result),
         web.post("/jobs/cancel", cancel), web.post("/results/wait", wait), web.get("/results", recent),
         web.get("/state", state), web.get("/metrics", metrics),
-        web.get("/peer/ring", p_ring_get), web.get(STREAM_PATH, streams.route),
+        web.get("/peer/ring", p_ring_get), web.get("/peer/recovery", p_recovery),
+        web.get(STREAM_PATH, streams.route),
         *(web.post(path, peer(typ, name)) for path, (typ, name) in PEER_MESSAGES.items()),
     ]
 
@@ -316,6 +322,7 @@ def node_state(grid: Grid, extra: dict[str, Any]) -> dict:
     return {
         "id": grid.id, "epoch": grid.mem.ring.epoch, "member": grid.mem.is_member,
         "quorum": grid.mem.has_quorum(time.monotonic()),
+        "serving": (reason := grid.not_serving_reason()) is None, "reason": reason or "",
         "counts": grid.counts(), "promotions": list(grid.promotions),
         "duplicates_dropped": grid.duplicates_dropped,
         "runners": runner.snapshot() if runner else [],
