@@ -387,6 +387,7 @@ class Grid(JobFlow, Search, Restart):
             self.spawn(self._send_ring(m, self.mem.ring), "push-ring")
 
     def on_heartbeat(self, hb: Heartbeat) -> HeartbeatReply:
+        self.poke_recovery(hb.sender)
         member = self.mem.member(hb.sender) is not None
         if member:
             if hb.active and not self.mem.active.get(hb.sender):

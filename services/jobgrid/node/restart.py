@@ -20,6 +20,12 @@ _LOG_EVERY = 10.0  # s between two identical "waiting for a majority" log lines
 
 class Restart:
     recovering: recovery.Decision | None = None  # set while this node waits for a majority of its saved ring
+    _poke: asyncio.Event | None = None  # set when a peer shows signs of life: ask everyone again at once
+
+    def poke_recovery(self, sender: str) -> None:
+        """A heartbeat or ring from `sender` while we wait: a grid may be live again, ask now."""
+        if self._poke is not None and self.recovering is not None:
+            self._poke.set()
 
     def recovery_state(self) -> RecoveryState:
         """GET /peer/recovery: whether this node runs in a grid, and the ring it had saved."""
@@ -56,7 +62,9 @@ class Restart:
         assert self.saved_ring is not None
         attempt = 0
         said, said_at = "", float("-inf")
+        self._poke = asyncio.Event()
         while not self.stopping:
+            self._poke.clear()
             heard = await self._ask_recovery(contacts)
             d = recovery.decide(self.id, self.saved_ring, heard, force=self.s.force_new_cluster)
             if d.action == "live":
@@ -72,8 +80,10 @@ class Restart:
                 self.event("waiting_for_majority", epoch=d.ring.epoch, back=list(d.back),
                            need=len(d.ring.members) // 2 + 1,
                            waiting_for=[f"{m.id} at {m.ip}:{m.port}" for m in d.missing])
-            await asyncio.sleep(join_backoff(attempt, random.random(), base=0.1, cap=2.0))
-            attempt += 1
+            try:  # back off, unless a member that came back (and heartbeats us) wakes us first
+                await asyncio.wait_for(self._poke.wait(), join_backoff(attempt, random.random(), base=0.1, cap=2.0))
+            except TimeoutError:
+                attempt += 1
         return None
 
     def _bring_back(self, d: recovery.Decision) -> None:
