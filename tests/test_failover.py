@@ -138,3 +138,70 @@ def test_gather_of_200_wait_result_calls_shares_a_few_requests(cluster_factory):
     out, most = asyncio.run(go())
     assert out == list(range(200)) * 2
     assert most == 1, f"{most} result polls in flight at once for 200 waits"
+
+
+FT = 2.0  # the failure timeout of the latency tests: the bound below is a protocol bound, 2 x FT
+
+
+def _submit_latencies(client_url: str, fault, seconds_after: float) -> tuple[list[tuple[float, float]], float]:
+    """Submit one small job at a time (4 submitters) to `client_url`, call `fault()` a second in, keep going for
+    `seconds_after`; the (start, ack latency) of every submission and the fault's time."""
+    out: list[tuple[float, float]] = []
+
+    async def go() -> float:
+        async with AsyncClient(client_url, timeout=30.0) as client:
+            stop = time.monotonic() + 1.0 + seconds_after
+            fault_at = 0.0
+
+            async def submitter(k: int) -> None:
+                i = 0
+                while time.monotonic() < stop:
+                    t = time.monotonic()
+                    await client.submit_spec(build_spec("call", target="jobgrid.examples:noop", args=[i]))
+                    out.append((t, time.monotonic() - t))
+                    i += 1
+                    await asyncio.sleep(0.02)
+
+            async def injector() -> None:
+                nonlocal fault_at
+                await asyncio.sleep(1.0)
+                fault_at = time.monotonic()
+                await asyncio.to_thread(fault)
+            await asyncio.gather(injector(), *(submitter(k) for k in range(4)))
+            return fault_at
+    at = asyncio.run(go())
+    return out, at
+
+
+def test_submissions_keep_flowing_when_a_successor_is_killed_or_paused(cluster_factory):
+    """A fault on a node the client is not talking to (here: a node holding the copies of its node's jobs)
+    delays no submission by more than twice the failure timeout."""
+    c = cluster_factory(replicas=3, runners=1, heartbeat_interval=0.5, failure_timeout=FT, lease_ttl=3.0)
+    nodes = c.up(5)
+    contact = nodes[0]  # n1 at ring position 0: its successors are n5 and n3
+    lat, at = _submit_latencies(contact.url, lambda: c.kill(nodes[4]), 3 * FT)
+    worst = max(d for t, d in lat if t + d >= at)
+    print(f"kill: {len(lat)} submissions, worst ack {worst:.2f} s after the fault")
+    assert worst < 2 * FT, f"a submission waited {worst:.2f} s after a kill (bound {2 * FT} s)"
+    c.wait_converged(30, nodes=nodes[:4])
+    lat, at = _submit_latencies(contact.url, lambda: c.pause(nodes[2]), 3 * FT)
+    worst = max(d for t, d in lat if t + d >= at)
+    print(f"pause: {len(lat)} submissions, worst ack {worst:.2f} s after the fault")
+    c.resume(nodes[2])
+    assert worst < 2 * FT, f"a submission waited {worst:.2f} s after a pause (bound {2 * FT} s)"
+
+
+def test_a_client_talking_to_a_paused_node_fails_over_within_its_timeout(cluster_factory):
+    c = cluster_factory(replicas=3, runners=1, heartbeat_interval=0.5, failure_timeout=FT, lease_ttl=3.0)
+    nodes = c.up(3)
+    with Client([n.url for n in nodes], timeout=10.0) as client:
+        assert client.submit(examples.add, 1, 1).result(timeout=30) == 2  # the stream to nodes[0] is open
+        c.pause(nodes[0])
+        try:
+            t0 = time.monotonic()
+            assert client.submit(examples.add, 2, 2).result(timeout=30) == 4
+            took = time.monotonic() - t0
+        finally:
+            c.resume(nodes[0])
+    print(f"failed over from a paused node in {took:.2f} s")
+    assert took < 10.0

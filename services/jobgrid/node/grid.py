@@ -415,22 +415,44 @@ class Grid(JobFlow, Search, Restart):
 
     # ---- replication -------------------------------------------------------------------------------
     async def replicate(self, make: ReplicateRequest, deadline: float | None = None) -> None:
-        """Send `make` to every current successor; retry (following ring changes) until all have it."""
+        """Send `make` to every current successor; retry (following ring changes) until all have it.
+
+        A successor that stops answering (killed, frozen, cut off) is not waited for past the ring change
+        that removes it: its copy is then due on the new successor instead, so a fault delays submissions
+        by about the failure timeout, not by the peer call's own timeout."""
         done: set[str] = set()
         end = time.monotonic() + (deadline if deadline is not None else 2 * self.t.failure_timeout + 2)
-        while True:
-            targets = [m for m in self.mem.successors(self.id) if m.id not in done]
-            if not targets:
-                return
-            results = await asyncio.gather(*(self._replicate_one(m, make) for m in targets))
-            for m, ok in zip(targets, results):
-                if ok:
-                    done.add(m.id)
-            if all(results):
-                continue  # successors may have changed meanwhile: loop checks again
-            if time.monotonic() > end or self.stopping:
-                raise Unavailable("could not copy the jobs to enough replicas in time; outcome unknown")
-            await asyncio.sleep(0.05)
+        sending: dict[str, asyncio.Task] = {}
+        retry_at: dict[str, float] = {}
+        try:
+            while True:
+                targets = {m.id: m for m in self.mem.successors(self.id) if m.id not in done}
+                if not targets:
+                    return
+                for mid in [k for k in sending if k not in targets]:  # no longer a successor: not needed
+                    sending.pop(mid).cancel()
+                now = time.monotonic()
+                for mid, m in targets.items():
+                    if mid not in sending and retry_at.get(mid, 0.0) <= now:
+                        sending[mid] = asyncio.ensure_future(self._replicate_one(m, make))
+                if now > end or self.stopping:
+                    raise Unavailable("could not copy the jobs to enough replicas in time; outcome unknown")
+                if sending:  # wake on an answer, or soon enough to see a ring change
+                    finished, _ = await asyncio.wait(sending.values(), timeout=0.1,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    finished = set()
+                    await asyncio.sleep(0.05)
+                for mid, t in list(sending.items()):
+                    if t in finished:
+                        del sending[mid]
+                        if t.result():
+                            done.add(mid)
+                        else:
+                            retry_at[mid] = time.monotonic() + 0.05
+        finally:
+            for t in sending.values():
+                t.cancel()
 
     async def _replicate_one(self, m: Member, req: ReplicateRequest) -> bool:
         req = msgspec.structs.replace(req, epoch=self.mem.ring.epoch)
