@@ -21,7 +21,7 @@ from jobgrid.client import AsyncClient, build_spec, decode_value
 from jobgrid.errors import JobNotFound, JobTimeout
 from jobgrid.history import HistoryRecorder, check
 
-from conftest import by_value
+from conftest import by_value, wait_for
 
 by_value(__name__)
 
@@ -205,3 +205,64 @@ def test_a_client_talking_to_a_paused_node_fails_over_within_its_timeout(cluster
             c.resume(nodes[0])
     print(f"failed over from a paused node in {took:.2f} s")
     assert took < 10.0
+
+
+def counted(path: str, jid: str, seconds: float = 0.0) -> str:
+    """A job with a side effect: one line per run in a file every node shares; then sleep."""
+    with open(path, "a") as f:
+        f.write(jid + "\n")
+    time.sleep(seconds)
+    return jid
+
+
+def _runs(path) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        out[line] = out.get(line, 0) + 1
+    return out
+
+
+def test_a_paused_runner_starts_none_of_its_prefetched_jobs_after_the_pause(cluster_factory, tmp_path):
+    """A node frozen (SIGSTOP) while it runs one job and holds the next one prefetched is removed; when it
+    wakes without quorum the running job's result goes back to the grid and the prefetched job is given
+    back unstarted: it runs once, elsewhere. Only the job that was running may run twice."""
+    c = cluster_factory(replicas=3, runners=1, heartbeat_interval=0.5, failure_timeout=FT, lease_ttl=3.0)
+    nodes = c.up(3)
+    b = nodes[1]
+    runs = tmp_path / "runs.txt"
+    hist = HistoryRecorder()
+    for n in (nodes[0], nodes[2]):  # the other runners stay busy, so they steal nothing from b
+        with Client(n.url, timeout=30.0) as other:
+            other.submit_job(counted, (str(runs), f"block-{n.name}", 3 * FT + 4), id=f"b-{n.name}")
+    wait_for(lambda: sum(j.startswith("block") for j in _runs(runs)) == 2, 30, "both blockers to start")
+    with Client(b.url, timeout=30.0) as warm:  # jobs of ~20 ms: b's runner then prefetches one job ahead
+        assert [f.result(timeout=60) for f in [warm.submit(examples.sleep, 0.02, i) for i in range(12)]] \
+            == list(range(12))
+    with Client([b.url] + [n.url for n in nodes if n is not b], timeout=30.0) as client:
+        specs = [("long", 1.5)] + [(f"next{i}", 0.0) for i in range(4)]
+        futs = []
+        for jid, secs in specs:
+            hist.invoke("c1", "submit", jid)
+            futs.append(client.submit_job(counted, (str(runs), jid, secs), id=jid))
+        wait_for(lambda: "long" in _runs(runs), 30, "the long job to start on b")
+        leased = c.get(b, "/jobs?state=leased")
+        held = sorted(j["id"] for j in leased)
+        assert "next0" in held, f"b holds no prefetched job: {held}"
+        c.pause(b)
+        try:
+            time.sleep(2 * FT + 1)  # the fault: frozen until removed; its jobs run elsewhere meanwhile
+        finally:
+            c.resume(b)
+        for (jid, _), f in zip(specs, futs):
+            v = f.result(timeout=120)
+            hist.ok("c1", "submit", jid)
+            hist.ok("c1", "read", jid, value=v, delivery=True)
+        c.wait_converged(30)
+    res = check(hist.ops)
+    assert res.valid and res.ok_count == len(specs), res.to_dict()
+    counts = _runs(runs)
+    again = {j: n for j, n in counts.items() if n > 1 and j != "long"}
+    assert not again, f"jobs that never started on the frozen node ran twice: {again} (b ran {held})"
+    assert counts["long"] <= 2
+    state = c.get(b, "/state")
+    assert state["returned_unstarted"] >= 1, state["runners"]

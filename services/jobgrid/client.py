@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import ssl as ssl_mod
 import threading
@@ -520,6 +521,11 @@ class AsyncClient:
         return out["cancelled"]
 
     async def close(self) -> None:
+        """Wait (up to `timeout`) for submissions still being acknowledged, so none is dropped unsent; stop."""
+        if self._unacked:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await self._settled(list(self._unacked))
         self._closed = True
         for t in [self._waiter, *self._background]:
             if t is not None:

@@ -327,6 +327,7 @@ def node_state(grid: Grid, extra: dict[str, Any]) -> dict:
         "duplicates_dropped": grid.duplicates_dropped,
         "runners": runner.snapshot() if runner else [],
         "started_jobs": runner.started_jobs if runner else 0,
+        "returned_unstarted": runner.returned_unstarted if runner else 0,
         "events": list(grid.events)[-50:],
         "ring": msgspec.to_builtins(grid.mem.ring),
     }
