@@ -65,14 +65,10 @@ def _value(res: Any) -> list:
 def _load(c: LocalCluster, runs: Path, hist: HistoryRecorder) -> tuple[Client, dict[str, list], list]:
     """1,000 acknowledged jobs: 800 run to a result (read once, recorded in the history), 200 due in 5 s."""
     client = Client([n.url for n in c.nodes], timeout=60.0)
-    specs = []
-    for i in range(FINISHED + QUEUED):
-        jid = f"{'f' if i < FINISHED else 'q'}{i}"
-        opts = {"delay": 5.0} if i >= FINISHED else {}
-        specs.append(pickle_spec(counted, (str(runs), jid), {}, job_id=jid, **opts))
-    for s in specs:
-        hist.invoke("c1", "submit", s.id)
-    futs = client.submit_many(specs[:FINISHED])  # returns once every job is acknowledged
+    jids = [f"{'f' if i < FINISHED else 'q'}{i}" for i in range(FINISHED + QUEUED)]
+    for jid in jids:
+        hist.invoke("c1", "submit", jid)
+    futs = client.submit_many([pickle_spec(counted, (str(runs), j), {}, job_id=j) for j in jids[:FINISHED]])
     before: dict[str, list] = {}
     for f in futs:
         hist.ok("c1", "submit", f.job_id)
@@ -80,7 +76,9 @@ def _load(c: LocalCluster, runs: Path, hist: HistoryRecorder) -> tuple[Client, d
         res = client.wait_result(f.job_id, timeout=30)
         before[f.job_id] = _value(res)
         hist.ok("c1", "read", f.job_id, value=before[f.job_id], delivery=True)
-    pending = client.submit_many(specs[FINISHED:])  # due once the outage (right after this) has begun
+    # due in 5 s, when the outage (right after this) has begun: they can only run once it is over
+    pending = client.submit_many([pickle_spec(counted, (str(runs), j), {}, job_id=j, delay=5.0)
+                                  for j in jids[FINISHED:]])
     for f in pending:
         hist.ok("c1", "submit", f.job_id)
     return client, before, pending
@@ -114,6 +112,7 @@ def _outage(cluster_factory, tmp_path: Path, delays: list[float] | None) -> tupl
     try:
         for n in c.nodes:
             c.kill(n)
+        assert not [j for j in runs_of(runs) if j.startswith("q")], "the delayed jobs ran before the outage"
         t0 = time.monotonic()
         order = sorted(((d, n) for d, n in zip(delays or [0.0] * 5, c.nodes) if d is not None), key=lambda x: x[0])
         first = order[0][1]

@@ -40,8 +40,8 @@ def test_docker_kill_every_container_then_start_them_on_their_volumes(docker_clu
     c = docker_cluster(replicas=3, runners=1)
     nodes = c.up(5, timeout=120)
     hist = HistoryRecorder()
-    specs = [build_spec("call", job_id=f"d{i}", target="jobgrid.examples:noop", args=[i],
-                        **({"delay": 10.0} if i >= FINISHED else {})) for i in range(FINISHED + QUEUED)]
+    specs = [build_spec("call", job_id=f"d{i}", target="jobgrid.examples:noop", args=[i])
+             for i in range(FINISHED + QUEUED)]
     before: dict[str, list] = {}
     with Client([n.url for n in nodes], token=c.token, timeout=60.0) as client:
         for s in specs:
@@ -53,7 +53,9 @@ def test_docker_kill_every_container_then_start_them_on_their_volumes(docker_clu
             res = client.wait_result(f.job_id, timeout=30)
             before[f.job_id] = [i, res.node, res.finished_at]
             hist.ok("c1", "read", f.job_id, value=before[f.job_id], delivery=True)
-        futs += client.submit_many(specs[FINISHED:])  # due after the outage: they start only once it is over
+        later = [build_spec("call", job_id=s.id, target="jobgrid.examples:noop", args=s.args, delay=10.0)
+                 for s in specs[FINISHED:]]  # due in 10 s: they start only once the outage is over
+        futs += client.submit_many(later)
         for f in futs[FINISHED:]:
             hist.ok("c1", "submit", f.job_id)
         for n in nodes:
