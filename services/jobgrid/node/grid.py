@@ -242,9 +242,10 @@ class Grid(JobFlow, Search, Restart):
                 return
         else:
             ring = await self._fetch_ring_any(contacts)
-        if ring is None:
-            raise GridUnavailable(f"no server answered at {self.s.join[0]}:{self.s.join[1]}" if self.s.join
-                                  else "no server answered")
+        if ring is None:  # a new node whose contact does not answer (yet): keep trying until join_timeout
+            self.event("join_waiting", contacts=[f"{h}:{p}" for h, p in contacts])
+            await self.join(contacts)
+            return
         mine = next((m for m in ring.members if m.id == self.id), None)
         if mine is not None and mine.ip == self.s.advertised_host and mine.port == self.s.port:
             self.apply_ring(ring)
@@ -276,7 +277,8 @@ class Grid(JobFlow, Search, Restart):
         attempt = 0
         while not self.stopping:
             if time.monotonic() > deadline:
-                raise GridUnavailable(f"could not join the grid within {self.t.join_timeout:.0f} s")
+                raise GridUnavailable(f"could not join the grid within {self.t.join_timeout:.0f} s: no server "
+                                      f"answered at {', '.join(f'{h}:{p}' for h, p in contacts)}")
             ring = await self._fetch_ring_any(contacts)
             if ring is None or not ring.members:
                 await asyncio.sleep(join_backoff(attempt, random.random()))
