@@ -5,7 +5,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench clean images
+.PHONY: demo test test-fast bench scale clean images
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py $(if $(PEERS),--peers,)
+
+# membership at 8, 16 and 32 local nodes (formation, heartbeat CPU, detection, false removals): ~15 min
+scale: $(STAMP)
+	$(PY) bench/scale.py --plot bench/results/scale.png $(SCALE_ARGS)
 
 images: $(STAMP)
 	bash scripts/ensure-docker.sh

@@ -67,12 +67,13 @@ class DockerCluster(ClusterBase):
 
     def __init__(self, name: str | None = None, *, replicas: int = 3, runners: int = 2, token: str | None = None,
                  heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, image: str = NODE_TAG,
-                 keep_volumes: bool = False) -> None:
+                 keep_volumes: bool = False, peer_secret: str | None = None) -> None:
         self.client = docker_client()
         self.name = name or f"jg{secrets.token_hex(3)}"
         self.replicas = replicas
         self.runners = runners
         self.token = token or secrets.token_urlsafe(24)
+        self.peer_secret = peer_secret or secrets.token_urlsafe(24)  # the nodes' own credential (not the clients')
         self.heartbeat_interval = heartbeat_interval
         self.failure_timeout = failure_timeout
         self.image = image
@@ -86,13 +87,14 @@ class DockerCluster(ClusterBase):
     # ---- state save/restore (for the CLI) ----------------------------------------------------------------
     def to_state(self) -> dict:
         return {"backend": "docker", "name": self.name, "replicas": self.replicas, "runners": self.runners,
-                "token": self.token, "network": self.network, "subnet": self.subnet,
+                "token": self.token, "peer_secret": self.peer_secret, "network": self.network, "subnet": self.subnet,
                 "heartbeat_interval": self.heartbeat_interval, "failure_timeout": self.failure_timeout,
                 "nodes": [vars(n) for n in self.nodes]}
 
     @classmethod
     def from_state(cls, st: dict) -> DockerCluster:
         c = cls(st["name"], replicas=st["replicas"], runners=st["runners"], token=st["token"],
+                peer_secret=st.get("peer_secret"),
                 heartbeat_interval=st["heartbeat_interval"], failure_timeout=st["failure_timeout"])
         c.subnet = st["subnet"]
         c.nodes = [DockerNode(**n) for n in st["nodes"]]
@@ -130,6 +132,7 @@ class DockerCluster(ClusterBase):
             pass
         env = {"JOBGRID_PORT": str(PORT), "JOBGRID_HOST": "0.0.0.0", "JOBGRID_ADVERTISE": node.host,
                "JOBGRID_REPLICAS": str(self.replicas), "JOBGRID_TOKEN": self.token,
+               "JOBGRID_PEER_SECRET": self.peer_secret,
                "JOBGRID_RUNNERS": str(self.runners), "JOBGRID_HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
                "JOBGRID_FAILURE_TIMEOUT": str(self.failure_timeout)}
         if join is not None:
