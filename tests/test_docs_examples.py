@@ -30,9 +30,16 @@ from jobgrid.client import build_spec
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BIN = Path(sys.executable).parent
+TOKEN = "docs-example-token-" + os.urandom(8).hex()
+PEER_SECRET = "docs-example-peers-" + os.urandom(8).hex()
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 
 SKIP = {
+    "deploy.md#0": "writes the grid's secrets under /etc/jobgrid of a real machine and copies them to two others",
+    "deploy.md#1": "three machines (10.0.0.1-3) listening on 0.0.0.0 with /var/lib/jobgrid and secrets under /etc; "
+                   "the same start on one machine is the README tour, run here",
+    "deploy.md#3": "a Docker Swarm across three machines and an image registry",
+    "deploy.md#5": "a Kubernetes cluster (kubectl) and an image registry: none here",
     "README.md#0": "`make demo` / `make test`: make test runs this very suite (recursion); make demo is the "
                    "harness run that tests/test_harness_local.py runs",
     "features.md#4": "three alternative ways to start one node in the foreground, one of them a second machine "
@@ -56,11 +63,12 @@ RUNNABLE = [(k, lang, body) for k, lang, body in blocks() if lang in ("python", 
 def _env(scratch: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBGRID_")}
     env.update(PATH=f"{BIN}:{env.get('PATH', '')}", HOME=str(scratch), XDG_DATA_HOME=str(scratch / "data"),
-               JOBGRID_TOKEN="", PYTHONUNBUFFERED="1")
+               JOBGRID_TOKEN=TOKEN, JOBGRID_PEER_SECRET=PEER_SECRET,  # the docs' grids have credentials
+               PYTHONUNBUFFERED="1")
     return env
 
 
-def _healthy(port: int) -> bool:
+def _healthy(port: int) -> bool:  # /healthz needs no token
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
             return r.status == 200
@@ -163,7 +171,7 @@ def _free(port: int) -> bool:
 
 def _job_ids(base: int, n: int, seconds: float = 0.0) -> list[str]:
     """Ids of real jobs (finished ones, or queued ones that take `seconds`) to stand in for placeholders."""
-    with Client(f"http://127.0.0.1:{base}") as c:
+    with Client(f"http://127.0.0.1:{base}", token=TOKEN) as c:
         futs = c.submit_many([build_spec("call", target="jobgrid.examples:sleep", args=[seconds, i])
                               for i in range(n)])
         if not seconds:

@@ -21,7 +21,7 @@ from jobgrid.client import AsyncClient, build_spec, decode_value
 from jobgrid.errors import JobNotFound, JobTimeout
 from jobgrid.history import HistoryRecorder, check
 
-from conftest import by_value, wait_for
+from conftest import by_value, needs_root, wait_for
 
 by_value(__name__)
 
@@ -266,3 +266,38 @@ def test_a_paused_runner_starts_none_of_its_prefetched_jobs_after_the_pause(clus
     assert counts["long"] <= 2
     state = c.get(b, "/state")
     assert state["returned_unstarted"] >= 1, state["runners"]
+
+
+def counted_done(path: str, jid: str, seconds: float) -> str:
+    """Like `counted`, and a `<jid>:done` line when it finishes."""
+    with open(path, "a") as f:
+        f.write(jid + "\n")
+    time.sleep(seconds)
+    with open(path, "a") as f:
+        f.write(jid + ":done\n")
+    return jid
+
+
+@needs_root
+def test_a_result_finished_during_a_partition_is_delivered_after_it_and_recorded_once(cluster_factory, tmp_path):
+    """A runner cut off from everyone while it runs a stolen job keeps the result it finishes meanwhile and
+    reports it once the partition heals; the owner records it, and the job does not run again."""
+    c = cluster_factory(replicas=3, runners=1, heartbeat_interval=0.5, failure_timeout=4.0, lease_ttl=10.0)
+    a, b, cc = c.up(3)
+    runs = tmp_path / "runs.txt"
+    for n in (a, cc):  # the other runners stay busy: b steals the job
+        with Client(n.url, timeout=30.0) as other:
+            other.submit_job(counted, (str(runs), f"block-{n.name}", 20.0), id=f"block-{n.name}")
+    wait_for(lambda: sum(j.startswith("block") for j in _runs(runs)) == 2, 30, "both blockers to start")
+    with Client([a.url, cc.url, b.url], timeout=30.0) as client:
+        fut = client.submit_job(counted_done, (str(runs), "cut", 2.0), id="cut")
+        wait_for(lambda: "cut" in _runs(runs), 30, "the job to start (on b, the only idle runner)")
+        c.partition([[b], [a, cc]])
+        try:
+            wait_for(lambda: "cut:done" in _runs(runs), 30, "the job to finish during the partition")
+        finally:
+            c.heal()
+        assert fut.result(timeout=60) == "cut"
+        res = client.wait_result("cut", timeout=30)
+    assert res.node == b.node_id, f"recorded from {res.node}, not from the runner cut off ({b.node_id})"
+    assert _runs(runs)["cut"] == 1, "the job ran again although its result was delivered after the partition"
