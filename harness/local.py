@@ -83,7 +83,7 @@ class LocalCluster(ClusterBase):
 
     backend = "local"
 
-    def __init__(self, workdir: Path, *, replicas: int = 3, runners: int = 2, token: str | None = None,
+    def __init__(self, workdir: Path, *, replicas: int | None = 3, runners: int = 2, token: str | None = None,
                  heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, lease_ttl: float = 3.0,
                  first_octet: int | None = None, port: int | None = None, extra_args: Sequence[str] = (),
                  env: dict[str, str] | None = None, ssl_context: ssl.SSLContext | None = None,
@@ -120,7 +120,8 @@ class LocalCluster(ClusterBase):
         if join is not None:
             cmd += [join.host, str(join.port)]
         cmd += ["--host", node.host, "--data-dir", str(node.data_dir), "--runners", str(self.runners),
-                "--replicas", str(self.replicas), "--log-level", "info", *self.timing, *self.extra_args]
+                *(["--replicas", str(self.replicas)] if self.replicas is not None else []),
+                "--log-level", "info", *self.timing, *self.extra_args]
         if self.token:
             tf = self.workdir / "token"
             tf.write_text(self.token)

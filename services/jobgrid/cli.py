@@ -127,7 +127,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         advertise=args.advertise or os.environ.get("JOBGRID_ADVERTISE") or None, join=join,
         runners=runners if runners is not None else (os.cpu_count() or 1),
         data_dir=_path(args.data_dir or os.environ.get("JOBGRID_DATA_DIR")),
-        replicas=args.replicas or _int_env("JOBGRID_REPLICAS") or 3,
+        replicas=args.replicas or _int_env("JOBGRID_REPLICAS"),
         token=_secret(args.token_file, "JOBGRID_TOKEN"),
         read_token=_secret(args.read_token_file, "JOBGRID_READ_TOKEN"),
         peer_secret=_secret(args.peer_secret_file, "JOBGRID_PEER_SECRET"),
@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--advertise", help="address other nodes use to reach this one")
     s.add_argument("--runners", type=int, help="worker processes (default: number of CPUs)")
     s.add_argument("--data-dir", help="where the node keeps its queues")
-    s.add_argument("--replicas", type=int, help="copies of each job (default 3)")
+    s.add_argument("--replicas", type=int, help="copies of each job the grid keeps, chosen by its first node "
+                   "(default 3); a joining node adopts the grid's and refuses a different one")
     s.add_argument("--token-file", help="file holding the cluster token (or JOBGRID_TOKEN)")
     s.add_argument("--read-token-file", help="file holding a read-only client token (or JOBGRID_READ_TOKEN)")
     s.add_argument("--peer-secret-file", help="file holding the secret nodes prove themselves with; clients never "

@@ -61,8 +61,8 @@ def add_dashboard(app: web.Application, grid: Any, extra: dict) -> None:
         now = time.time()
         m = grid.metrics
         return web.json_response({
-            "node": grid.id, "now": now, "done_total": len(grid.done_times),
-            "per_second": done_per_second(grid.done_times, now),
+            "node": grid.id, "now": now, "done_total": len(grid.jobs.done_times),
+            "per_second": done_per_second(grid.jobs.done_times, now),
             "submitted": m.submitted._value.get(), "started": m.started._value.get(),
             "succeeded": m.succeeded._value.get(), "failed": m.failed._value.get(),
         }, headers={"X-Content-Type-Options": "nosniff"})

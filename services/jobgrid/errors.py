@@ -6,6 +6,10 @@
     ├── ProtocolError          a message failed validation (carries the HTTP status)
     │   └── Unavailable        a node cannot take the request now (503 + Retry-After)
     ├── GridUnavailable        no node could be reached (ConnectionError too)
+    │   └── PeerError          node side (node/peers.py): a peer unreachable or answering an error
+    │       ├── PeerRefused    it refused this message (4xx)
+    │       │   └── PeerFenced 409: it follows a newer ring, which comes with the error
+    │       └── PeerBusy       429/503: it cannot take it now
     ├── JobNotFound            no node knows that job id (KeyError too)
     ├── JobTimeout             a result did not arrive in time (TimeoutError too)
     ├── JobCancelled           the job was cancelled before it finished

@@ -35,6 +35,8 @@ def merge(found: dict[str, Found], answers: Iterable[LookupResponse | None]) -> 
     for a in answers:
         if a is None:
             continue
+        for i in a.pending:
+            found.setdefault(i, None)
         for j in a.jobs:
             if found.get(j.spec.id) is None:
                 found[j.spec.id] = j

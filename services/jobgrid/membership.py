@@ -128,6 +128,10 @@ class Membership:
         if active is not None:
             self.active[peer] = active
 
+    def drained(self, peer: str) -> None:
+        """A steal found `peer`'s queue empty: count it empty until its next heartbeat says otherwise."""
+        self.active[peer] = 0
+
     def on_heartbeat(self, peer: str, now: float, active: int, backup: int = 0) -> None:
         self.heard[peer] = now
         self.active[peer] = active
@@ -142,11 +146,12 @@ class Membership:
         if not dead:
             return None
         keep = [m for m in self.ring.members if m not in dead]
-        return RingState(epoch=self.ring.epoch + 1, members=keep, proposer=self.me)
+        return RingState(epoch=self.ring.epoch + 1, members=keep, proposer=self.me, replicas=self.ring.replicas)
 
     def with_joined(self, newcomer: Member) -> RingState:
         members = [m for m in self.ring.members if m.id != newcomer.id] + [newcomer]
-        return RingState(epoch=self.ring.epoch + 1, members=members, proposer=newcomer.id)
+        return RingState(epoch=self.ring.epoch + 1, members=members, proposer=newcomer.id,
+                         replicas=self.ring.replicas)
 
     def ring_problem(self, new: RingState, my_address: tuple[str, int] | None = None) -> str | None:
         """Why `new` breaks an invariant every ring keeps, whoever sent it (None: it keeps them all).
@@ -200,6 +205,8 @@ class Membership:
         removed = tuple(m for i, m in old_ids.items() if i not in new_ids)
         old_succ = [m.id for m in self.successors(self.me)]
         self.ring = new
+        if new.replicas:  # R belongs to the grid: every member follows its ring's
+            self.replicas = new.replicas
         for m in added:  # a newcomer starts with a full failure timeout of grace
             self.contact[m.id] = max(self.contact.get(m.id, now), now)
         for m in removed:

@@ -159,6 +159,7 @@ class ServerList(msgspec.Struct):
     servers: list[ServerEntry]
     serving: bool = True  # false: the answering node takes no work now, `reason` says why
     reason: str = ""
+    replicas: int = 0  # copies of every job the grid keeps
 
 
 # ---- peer protocol ----------------------------------------------------------------------------
@@ -176,6 +177,9 @@ class RingState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     epoch: Epoch
     members: Annotated[list[Member], msgspec.Meta(max_length=4096)]
     proposer: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    # copies of every job the grid keeps (R): chosen by its first node, adopted by every joiner; 0 in a
+    # ring saved before R was part of it (then the node's setting, or 3)
+    replicas: Annotated[int, msgspec.Meta(ge=0, le=16)] = 0
 
     def key(self) -> tuple[int, str]:
         return (self.epoch, self.proposer)
@@ -270,6 +274,7 @@ class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
 class LookupResponse(msgspec.Struct):
     results: list[Result]
     jobs: list[JobRecord]
+    pending: list[str] = []  # ids with a result recorded there whose copies are still being written
 
 
 class RecoveryState(msgspec.Struct):

@@ -46,7 +46,8 @@ def decide(me: str, saved: RingState, heard: Sequence[RecoveryState], *, force: 
     if me in ids and 2 * len(back) > len(ids):
         return Decision("resume", best, back, missing)
     if force and me in ids:
-        ring = RingState(epoch=best.epoch + 1, members=[m for m in best.members if m.id in back], proposer=me)
+        ring = RingState(epoch=best.epoch + 1, members=[m for m in best.members if m.id in back], proposer=me,
+                         replicas=best.replicas)
         return Decision("force", ring, back, missing, base=best)
     return Decision("wait", best, back, missing)
 
@@ -59,3 +60,47 @@ def describe(d: Decision) -> str:
             f"{len(d.back)} of {len(d.ring.members)} members back, {need} needed; waiting for {waiting}. "
             "If those are gone for good, an operator can force the grid up from the survivors "
             "(--force-new-cluster, see docs/guarantees.md)")
+
+
+# ---- how a node starts ---------------------------------------------------------------------------------
+Start = Literal["new-grid", "recover", "contact"]
+Contact = Literal["resume", "rejoin", "join"]
+DEFAULT_REPLICAS = 3
+
+
+def first_step(saved: RingState | None, contacts: Sequence[tuple[str, int]]) -> Start:
+    """new-grid: nobody to ask (the first node, or a grid of one restarting); recover: restarted on a data
+    dir that knew a ring (wait for a live grid or a majority of it); contact: a new node joining a grid."""
+    if not contacts:
+        return "new-grid"
+    if saved is not None and saved.members:
+        return "recover"
+    return "contact"
+
+
+def new_grid(saved: RingState | None, me: str, member: Member, replicas: int | None) -> RingState:
+    """The ring of a grid that starts (or restarts) with this node alone: position 0 (or the one it had)."""
+    epoch = saved.epoch + 1 if saved is not None else 1
+    keep = saved.replicas if saved is not None and saved.replicas else (replicas or DEFAULT_REPLICAS)
+    return RingState(epoch=epoch, members=[member], proposer=me, replicas=keep)
+
+
+def on_contact(ring: RingState, me: str, address: tuple[str, int], saved: RingState | None) -> Contact:
+    """What a node does with the ring of a live grid: resume its place (it is still a member, at its
+    address), rejoin as a new incarnation (it was removed while away), or join as a newcomer."""
+    mine = next((m for m in ring.members if m.id == me), None)
+    if mine is not None and (mine.ip, mine.port) == address:
+        return "resume"
+    if saved is not None and any(m.id == me for m in saved.members):
+        return "rejoin"
+    return "join"
+
+
+def replicas_problem(asked: int | None, ring: RingState) -> str | None:
+    """Why a node started with `--replicas asked` may not join `ring` (None: it may). R belongs to the grid:
+    a node without the setting adopts the grid's; one that asks for another R refuses, naming both."""
+    have = ring.replicas or DEFAULT_REPLICAS
+    if asked is None or asked == have:
+        return None
+    return (f"this grid keeps {have} copies of every job, but this node was started with --replicas {asked}; "
+            f"start it without --replicas (it adopts the grid's) or with --replicas {have}")

@@ -45,6 +45,40 @@ class Timing:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PeerTimeouts:
+    """Seconds each kind of peer message may take, derived from `Timing` in one place (`of`)."""
+
+    heartbeat: float = 2.0   # a beat: no longer than the failure timeout it feeds
+    announce: float = 2.0    # a ring pushed to a member (POST /peer/ring)
+    control: float = 2.0     # ring fetches, add_lock and unlock, steals
+    recovery: float = 2.0    # a restarting node asking the members of its saved ring
+    replicate: float = 5.0   # copies of jobs and results (an ack waits for them)
+    lookup: float = 2.0      # where is a job (a client waits behind it)
+    bulk: float = 10.0       # handoffs and result reports (many jobs at once)
+    renew: float = 1.0       # lease renewals: a third of the lease, so a slow owner cannot let it lapse
+    call: float = 5.0        # anything else (a forwarded cancel)
+
+    @classmethod
+    def of(cls, t: Timing) -> PeerTimeouts:
+        ft = t.failure_timeout
+        return cls(heartbeat=ft, announce=ft, recovery=min(2.0, ft), replicate=max(5.0, ft),
+                   lookup=min(3.0, max(1.0, ft)), renew=t.lease_ttl / 3)
+
+    def for_path(self, path: str, method: str = "POST") -> float:
+        name = _PEER_TIMEOUT.get((method, path.split("?", 1)[0]), "call")
+        return getattr(self, name)
+
+
+_PEER_TIMEOUT = {
+    ("POST", "/peer/heartbeat"): "heartbeat", ("POST", "/peer/ring"): "announce", ("GET", "/peer/ring"): "control",
+    ("POST", "/peer/lock"): "control", ("POST", "/peer/unlock"): "control", ("POST", "/peer/steal"): "control",
+    ("GET", "/peer/recovery"): "recovery", ("POST", "/peer/replicate"): "replicate",
+    ("POST", "/peer/lookup"): "lookup", ("POST", "/peer/handoff"): "bulk", ("POST", "/peer/report"): "bulk",
+    ("POST", "/peer/renew"): "renew",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class TLS:
     cert: Path | None = None
     key: Path | None = None
@@ -63,7 +97,7 @@ class NodeSettings:
     join: tuple[str, int] | None = None
     runners: int = field(default_factory=lambda: os.cpu_count() or 1)
     data_dir: Path | None = None
-    replicas: int = 3
+    replicas: int | None = None  # None: adopt the grid's (a new grid keeps 3)
     token: str | None = field(default=None, repr=False)  # the full client token
     read_token: str | None = field(default=None, repr=False)  # a read-only client token
     peer_secret: str | None = field(default=None, repr=False)  # what nodes prove themselves with (no mTLS)
@@ -92,7 +126,7 @@ class NodeSettings:
             raise ConfigError(f"port must be 1-65535, got {self.port}")
         if self.runners < 0 or self.runners > 512:
             raise ConfigError(f"--runners must be 0-512, got {self.runners}")
-        if not (1 <= self.replicas <= 16):
+        if self.replicas is not None and not (1 <= self.replicas <= 16):
             raise ConfigError(f"--replicas must be 1-16, got {self.replicas}")
         if self.join is not None and not (0 < self.join[1] < 65536):
             raise ConfigError(f"join port must be 1-65535, got {self.join[1]}")

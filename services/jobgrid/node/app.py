@@ -17,7 +17,7 @@ from .edges import GuardedRunner, redact_server_logs
 from .grid import Grid
 from .http import make_middlewares, routes
 from .metrics import Metrics
-from .peers import Peers
+from .peers import Peers, PeerTimeouts
 from .pool import WorkerPool
 from .runner import Runner
 
@@ -51,11 +51,10 @@ class Node:
         self.settings = settings
         self.metrics = Metrics()
         self.peers = Peers(token=settings.peer_secret, scheme=settings.scheme, ssl_context=client_ssl(settings),
-                           timeout=max(5.0, settings.timing.failure_timeout),
+                           timeouts=PeerTimeouts.of(settings.timing),
                            local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None,
                            stream=settings.peer_transport == "stream")
-        self.grid = Grid(settings, self.peers, self.metrics)
-        self.peers.identity = lambda: self.grid.id  # named in every peer call (X-Jobgrid-Node)
+        self.grid = Grid(settings, self.peers, self.metrics)  # names itself in every peer call (X-Jobgrid-Node)
         self.pool: WorkerPool | None = None
         self.runner: Runner | None = None
         self.extra: dict = {}
@@ -82,7 +81,8 @@ class Node:
                                    user=s.job_user,
                                    env={"JOBGRID_ALLOW_MODULES": ",".join(s.allow_modules)} if s.allow_modules else None)
             await self.pool.start()
-            self.runner = Runner(self.grid, self.pool, s.runners)
+            g = self.grid
+            self.runner = Runner(g.ctx, g.keeper, g.jobs, g.owners, g.search, self.pool, s.runners)
             self.extra["runner"] = self.runner
         redact_server_logs()
         self.web_runner = GuardedRunner(self.make_app(), max_pending=s.max_pending_per_client,
@@ -93,22 +93,17 @@ class Node:
                            reuse_address=True)
         await site.start()
         g = self.grid
-        g.spawn(g.resync_loop(), "resync")
-        await g.start_membership()
-        g.spawn(g.heartbeat_loop(), "heartbeat")
-        g.spawn(g.lease_sweeper(), "lease-sweeper")
-        from .controls import dependency_loop  # noqa: PLC0415
-        g.spawn(dependency_loop(g), "dependencies")
+        await g.start()
         if self.runner is not None:
-            g.spawn(self.runner.loop(), "runner")
-            g.spawn(self.runner.report_loop(), "reporter")
-            g.spawn(self.runner.renew_loop(), "renewer")
-        log.info("node_started", node=g.id, host=s.host, port=s.port, runners=s.runners, replicas=s.replicas,
-                 ring_size=len(g.mem.ring.members), data_dir=str(s.data_dir))
+            g.ctx.spawn(self.runner.loop(), "runner")
+            g.ctx.spawn(self.runner.report_loop(), "reporter")
+            g.ctx.spawn(self.runner.renew_loop(), "renewer")
+        log.info("node_started", node=g.id, host=s.host, port=s.port, runners=s.runners,
+                 replicas=g.mem.replicas, ring_size=len(g.mem.ring.members), data_dir=str(s.data_dir))
 
     async def stop(self) -> None:
         g = self.grid
-        g.stopping = True
+        g.ctx.stopping = True
         if self.runner is not None:
             await self.runner.close()
         if self.web_runner is not None:

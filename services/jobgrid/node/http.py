@@ -26,7 +26,7 @@ from .auth import (
     NODE_HEADER, SESSION_COOKIE, Credentials, FRAME_ROLES, Caller, code_refusal, host_ok, origin_ok, identify, may, message_sender,
     named_ok, raw, refusal, required_role,
 )
-from .grid import Grid
+from .grid import PEER_MESSAGES, Grid
 from .stream import STREAM_PATH, StreamBinding, StreamServer
 
 log = structlog.get_logger("jobgrid.http")
@@ -35,21 +35,6 @@ PUBLIC = frozenset({"/healthz"})
 _job_id_type = msgspec.json.Decoder(JobId)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-# every POST /peer/* message: its type and the Grid method that answers it
-PEER_MESSAGES: dict[str, tuple[type, str]] = {
-    "/peer/heartbeat": (Heartbeat, "on_heartbeat"),
-    "/peer/ring": (JoinAnnounce, "on_ring"),
-    "/peer/lock": (LockRequest, "on_lock"),
-    "/peer/unlock": (UnlockRequest, "on_unlock"),
-    "/peer/replicate": (ReplicateRequest, "on_replicate"),
-    "/peer/steal": (StealRequest, "on_steal"),
-    "/peer/report": (ReportRequest, "on_report"),
-    "/peer/renew": (RenewRequest, "on_renew"),
-    "/peer/handoff": (HandoffRequest, "on_handoff"),
-    "/peer/lookup": (LookupRequest, "on_lookup"),
-}
-
 
 def _fmt(request: web.Request) -> str:
     return MSGPACK if MSGPACK in request.headers.get("Accept", "") else JSON
@@ -222,14 +207,14 @@ def _release(counts: dict[str, int], key: str) -> None:
 
 def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
-        reason = grid.not_serving_reason()
+        reason = grid.keeper.not_serving_reason()
         body = {"ok": reason is None, "node": grid.id, "member": grid.mem.is_member}
         if reason is not None:
             body["reason"] = reason
         return web.json_response(body, status=200 if reason is None else 503)
 
     async def servers(request: web.Request) -> web.Response:
-        return reply(request, grid.server_list())
+        return reply(request, grid.keeper.server_list())
 
     async def submit(request: web.Request) -> web.Response:
         req: SubmitRequest = await body(request, SubmitRequest)
@@ -246,15 +231,15 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
             why = code_refusal(spec.kind, spec.target, kinds, modules)
             if why is not None:
                 raise ProtocolError(f"job {spec.id}: {why}", 403)
-        acc, ex = await grid.submit(req.jobs, retry=req.retry)
-        done = await grid.results_within(acc, req.linger) if req.linger and acc else []
+        acc, ex = await grid.jobs.submit(req.jobs, retry=req.retry)
+        done = await grid.waiters.within(acc, req.linger) if req.linger and acc else []
         return SubmitResponse(accepted=acc, existing=ex, node=grid.id, results=done)
 
     async def wait(request: web.Request) -> web.Response:
         return reply(request, await wait_message(await body(request, WaitRequest)))
 
     async def wait_message(req: WaitRequest) -> WaitResponse:
-        res, unknown, undetermined = await grid.wait_results(req.ids, req.timeout)
+        res, unknown, undetermined = await grid.waiters.wait(req.ids, req.timeout)
         return WaitResponse(results=res, unknown=unknown, undetermined=undetermined)
 
     def _job_id(request: web.Request) -> str:
@@ -266,7 +251,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def job_status(request: web.Request) -> web.Response:
         jid = _job_id(request)
-        found = await grid.locate(jid)
+        found = await grid.search.locate(jid)
         if found is None:
             return error(request, 404, f"no server knows job {jid}")
         if isinstance(found, Verdict):
@@ -275,7 +260,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def job_result(request: web.Request) -> web.Response:
         jid = _job_id(request)
-        found = await grid.locate(jid)
+        found = await grid.search.locate(jid)
         if found is None:
             return error(request, 404, f"no server knows job {jid}")
         if isinstance(found, Verdict):
@@ -286,8 +271,8 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def list_jobs(request: web.Request) -> web.Response:
         state = request.query.get("state") or None
-        if state not in (None, "queued", "leased"):
-            return error(request, 400, "state must be queued or leased (finished jobs: /results)")
+        if state not in (None, "waiting", "queued", "leased"):
+            return error(request, 400, "state must be waiting, queued or leased (finished jobs: /results)")
         try:
             limit = int(request.query.get("limit", "100"))
         except ValueError:
@@ -302,23 +287,25 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def cancel(request: web.Request) -> web.Response:
         req: CancelRequest = await body(request, CancelRequest)
-        done = await grid.cancel(req.ids, forward="forwarded" not in request.query)
+        done = await grid.jobs.cancel(req.ids, forward="forwarded" not in request.query)
         return reply(request, {"cancelled": done})
 
     async def state(request: web.Request) -> web.Response:
         return reply(request, node_state(grid, extra))
 
     async def metrics(request: web.Request) -> web.Response:
-        grid.counts()
+        grid.counts.get()
         return web.Response(body=grid.metrics.render(), content_type="text/plain")
 
     # ---- peer endpoints: one table (PEER_MESSAGES), served as HTTP routes and over the peer stream ----
-    def peer(typ: type, name: str) -> Handler:
+    def peer(typ: type, part: str, name: str) -> Handler:
+        handle = grid.handler(part, name)
+
         async def route(request: web.Request) -> web.Response:
             grid.metrics.peer_messages.labels("http").inc()
             msg = await body(request, typ)
             check_sender(grid, request.get("caller"), msg)
-            answer = getattr(grid, name)(msg)
+            answer = handle(msg)
             if inspect.isawaitable(answer):
                 answer = await answer
             return reply(request, answer)
@@ -328,7 +315,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         return reply(request, grid.mem.ring)
 
     async def p_recovery(request: web.Request) -> web.Response:
-        return reply(request, grid.recovery_state())
+        return reply(request, grid.keeper.recovery_state())
 
     def bind(request: web.Request) -> StreamBinding:
         g: Grid = request.app["grid"]
@@ -348,7 +335,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
                 check_sender(g, caller, msg)
                 return handle(msg)
             return checked
-        table = {path: (typ, as_peer(getattr(g, name))) for path, (typ, name) in PEER_MESSAGES.items()}
+        table = {path: (typ, as_peer(g.handler(part, name))) for path, (typ, part, name) in PEER_MESSAGES.items()}
         # clients' submissions and result waits too (the Python client sends them this way)
         table |= {"/jobs": (SubmitRequest, submit_message), "/results/wait": (WaitRequest, wait_message)}
         peer_counter = g.metrics.peer_messages.labels("stream")
@@ -368,7 +355,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         web.get("/state", state), web.get("/metrics", metrics),
         web.get("/peer/ring", p_ring_get), web.get("/peer/recovery", p_recovery),
         web.get(STREAM_PATH, streams.route),
-        *(web.post(path, peer(typ, name)) for path, (typ, name) in PEER_MESSAGES.items()),
+        *(web.post(path, peer(typ, part, name)) for path, (typ, part, name) in PEER_MESSAGES.items()),
     ]
 
 
@@ -405,17 +392,21 @@ def job_view(found: Result | JobRecord) -> dict:
     return d
 
 
+def counts_view(c) -> dict[str, int]:  # noqa: ANN001 - counts.Counts
+    return {"queued": c.queued, "leased": c.leased, "waiting": c.waiting, "active": c.active, "backup": c.backup}
+
+
 def node_state(grid: Grid, extra: dict[str, Any]) -> dict:
     runner = extra.get("runner")
     return {
         "id": grid.id, "epoch": grid.mem.ring.epoch, "member": grid.mem.is_member,
         "quorum": grid.mem.has_quorum(time.monotonic()),
-        "serving": (reason := grid.not_serving_reason()) is None, "reason": reason or "",
-        "counts": grid.counts(), "promotions": list(grid.promotions),
-        "duplicates_dropped": grid.duplicates_dropped,
+        "serving": (reason := grid.keeper.not_serving_reason()) is None, "reason": reason or "",
+        "counts": counts_view(grid.counts.get()), "promotions": list(grid.ctx.promotions),
+        "duplicates_dropped": grid.jobs.duplicates_dropped, "replicas": grid.mem.replicas,
         "runners": runner.snapshot() if runner else [],
         "started_jobs": runner.started_jobs if runner else 0,
         "returned_unstarted": runner.returned_unstarted if runner else 0,
-        "events": list(grid.events)[-50:],
+        "events": list(grid.ctx.events)[-50:],
         "ring": msgspec.to_builtins(grid.mem.ring),
     }

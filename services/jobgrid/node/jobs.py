@@ -1,32 +1,39 @@
-"""The owner's side of a job's life: accept (group commit, then R copies), lease to its own runner or a
-thief, record the first result, answer waits, cancel. A mixin of `Grid`, whose store, ring view,
-replication and lookups it uses.
+"""The job lifecycle's shell on an owner: it loads what an event needs, asks the pure `Lifecycle` what
+to do, and carries the instructions out (store, replicate, notify, count, log).
+
+Every final result, whatever led to it (a run reported, a cancel, a failed dependency, the crash limit),
+leaves through `_finish`: recorded once (first wins), copied to the replicas, only then marked `copied`
+and handed to waiting clients, and counted once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
-import msgspec
-
-from ..errors import GridUnavailable, ProtocolError, Unavailable
+from .batching import GroupCommit
+from ..errors import JobgridError, ProtocolError, Unavailable
+from ..logs import bind_cause, current_cause
+from ..membership import RingChange
 from ..protocol import (
     CancelRequest, JobRecord, JobSpec, Lease, RenewRequest, ReplicateRequest, ReportRequest, ReportResponse,
-    Result, StealRequest, StealResponse,
+    Result, RingState, StealRequest, StealResponse,
 )
-from ..logs import bind_cause
-from . import controls
+from . import lifecycle as lc
+from .context import NodeContext
+from .counts import QueueCounts
 from .peers import PeerError
+from .replication import Replication
+from .ring_io import RingKeeper
+from .search import Search
+from .waiters import Waiters
 
 
 class LocalRunner(Protocol):
-    """What the grid needs of this node's runner to hand it new jobs directly."""
+    """What the job service needs of this node's runner to hand it new jobs directly."""
 
     @property
     def want(self) -> int: ...
@@ -34,17 +41,47 @@ class LocalRunner(Protocol):
     def take(self, leases: list[Lease]) -> None: ...
 
 
-class JobFlow:
-    # ---- submissions ---------------------------------------------------------------------------------
+class JobService:
+    def __init__(self, ctx: NodeContext, keeper: RingKeeper, replication: Replication, search: Search,
+                 waiters: Waiters, counts: QueueCounts) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.keeper = keeper
+        self.replication = replication
+        self.search = search
+        self.waiters = waiters
+        self.counts = counts
+        self.life = lc.Lifecycle(lc.Policy(lease_ttl=ctx.t.lease_ttl, max_crashes=ctx.s.max_crashes))
+        self.submits: GroupCommit[JobSpec, tuple[list[str], list[str]]] = GroupCommit(self._flush_submits)
+        self.reports: GroupCommit[Result, ReportResponse] = GroupCommit(self._flush_reports)
+        self.local_runner: LocalRunner | None = None  # set by the node's Runner
+        self.duplicates_dropped = 0
+        self.done_times: deque[float] = deque(maxlen=100_000)
+        keeper.listeners.append(self._ring_changed)
+        replication.owning = self
+
+    def _event(self, cls: type, **kw) -> list[lc.Instruction]:
+        return self.life.handle(cls(cause=current_cause() or "", now=time.time(), **kw))
+
+    def _log_jobs(self, event: str, ids: Sequence[str], **kw) -> None:
+        """A job transition: one info line for the batch (with its ids), one debug line per job."""
+        if not ids:
+            return
+        log = self.ctx.log
+        log.info(event.replace("job_", "jobs_", 1), job_ids=list(ids), **kw)
+        for i in ids:
+            log.debug(event, job_id=i)
+
+    # ---- submitted ----------------------------------------------------------------------------------
     async def submit(self, specs: list[JobSpec], retry: bool = False) -> tuple[list[str], list[str]]:
-        self.require_serving()
+        self.keeper.require_serving()
         if len({s.id for s in specs}) != len(specs):
             raise ProtocolError("duplicate job ids in one submission", 422)
-        if self.counts()["active"] + len(specs) > self.s.max_queued:
-            raise Unavailable(f"queue full ({self.s.max_queued} jobs); retry later", 503, retry_after=2.0)
+        if self.counts.get().active + len(specs) > self.ctx.s.max_queued:
+            raise Unavailable(f"queue full ({self.ctx.s.max_queued} jobs); retry later", 503, retry_after=2.0)
         existing: list[str] = []
         if retry:  # a resubmission: jobs of an earlier attempt may exist anywhere; never make a second one
-            v = await self.find([s.id for s in specs])
+            v = await self.search.find([s.id for s in specs])
             if v.undetermined:
                 raise Unavailable(f"cannot tell yet whether {len(v.undetermined)} of these jobs exist (some nodes "
                                   "that might hold them did not answer); retry", 503, retry_after=0.5)
@@ -56,326 +93,282 @@ class JobFlow:
         self._log_jobs("job_submitted", acc, existing=ex + existing)
         return acc, ex + existing
 
-    def _log_jobs(self, event: str, ids: Sequence[str], **kw) -> None:
-        """A job transition: one info line for the batch (with its ids), one debug line per job."""
-        if not ids:
-            return
-        self.log.info(event.replace("job_", "jobs_", 1), job_ids=list(ids), **kw)
-        for i in ids:
-            self.log.debug(event, job_id=i)
-
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[tuple[list[str], list[str]]]:
-        self.require_serving()
-        now = time.time()
-        records = [JobRecord(spec=s, owner=self.id, submitted_at=now,
-                             not_before=controls.initial_not_before(s.run_at, s.after)) for g in groups for s in g]
+        self.keeper.require_serving()
+        ctx = self.ctx
+        try:
+            [store] = self._event(lc.Submitted, owner=ctx.id, specs=[s for g in groups for s in g])
+        except ValueError as e:
+            raise ProtocolError(str(e), 422) from None
+        assert isinstance(store, lc.Store)
         # an idle local runner takes its jobs in the same transaction (the best queued ones, as its own
         # lease would): no second transaction, no wake-up of the runner loop before the job starts
         runner = self.local_runner
-        want = runner.want if runner is not None and self.joined.is_set() else 0
+        want = runner.want if runner is not None and ctx.joined.is_set() else 0
         with self.store.transaction():
-            fresh = set(self.store.put_jobs(records))
-            leases = self.lease_local(self.id, want) if fresh and want > 0 else []
+            fresh = set(self.store.put_jobs(store.records))
+            leases = self._lease(ctx.id, want) if fresh and want > 0 else []
         if leases and runner is not None:
             runner.take(leases)
         if fresh:
-            c = self._counts  # count the new jobs in: a recount scans the whole queue (O(queued) per flush)
-            if c["queued"] == 0 and len(fresh) > len(leases):
-                self.beat_now.set()  # jobs wait here now: the others' idle runners learn it at once, not in 0.5 s
-            self._counts = {**c, "queued": c["queued"] + len(fresh) - len(leases),
-                            "leased": c["leased"] + len(leases), "active": c["active"] + len(fresh)}
+            new = [r for r in store.records if r.spec.id in fresh]
+            waiting = sum(1 for r in new if r.state == lc.JobState.WAITING)
+            before = self.counts.get()
+            self.counts.stored(queued=len(new) - waiting - len(leases), leased=len(leases), waiting=waiting)
+            if before.queued == 0 and len(new) - waiting > len(leases):
+                ctx.signals.beat_now.set()  # jobs wait here now: the others' idle runners learn it at once
             # the rows are committed here: a runner may start them while the replicas are written (the ack
             # still waits for them; a job whose replication fails stays queued here either way)
-            self.wake_runner.set()
-            await self.replicate(ReplicateRequest(sender=self.id, epoch=0,
-                                                  jobs=[r for r in records if r.spec.id in fresh]))
-            self.metrics.submitted.inc(len(fresh))
+            ctx.signals.wake_runner.set()
+            await self.replication.replicate(ReplicateRequest(sender=ctx.id, epoch=0, jobs=new))
+            ctx.metrics.submitted.inc(len(fresh))
         return [([s.id for s in g if s.id in fresh], [s.id for s in g if s.id not in fresh]) for g in groups]
 
-    # ---- leases (local runners and thieves) ----------------------------------------------------------
-    def lease_local(self, holder: str, count: int) -> list[Lease]:
-        if not self.can_serve():
-            return []
-        until = time.time() + self.t.lease_ttl
-        leases = [Lease(record=r, lease_until=until) for r in self.store.lease(self.id, holder, count, until, time.time())]
-        self._log_jobs("job_leased" if holder == self.id else "job_stolen", [le.record.spec.id for le in leases],
-                       runner=holder)
+    # ---- leased, stolen, renewed, released ----------------------------------------------------------------
+    def _lease(self, holder: str, count: int) -> list[Lease]:
+        out: list[Lease] = []
+        for i in self._event(lc.LeaseAsked, owner=self.ctx.id, holder=holder, count=count,
+                             serving=self.keeper.can_serve(), holder_known=self.ctx.mem.member(holder) is not None):
+            assert isinstance(i, lc.Lease)
+            recs = self.store.lease(self.ctx.id, i.holder, i.count, i.until, time.time())
+            out = [Lease(record=r, lease_until=i.until) for r in recs]
+            self._log_jobs("job_stolen" if i.stolen else "job_leased", [r.spec.id for r in recs], runner=holder)
+        return out
+
+    def lease(self, holder: str, count: int) -> list[Lease]:
+        """Jobs for a runner: this node's own (holder == this node) or a thief's."""
+        leases = self._lease(holder, count)
+        self.counts.leased(len(leases))
         return leases
 
     def on_steal(self, req: StealRequest) -> StealResponse:
-        if self.mem.member(req.runner) is None or not self.can_serve():
-            return StealResponse(leases=[])
-        leases = self.lease_local(req.runner, req.max_jobs)
-        if leases:
-            self._counts_at = 0.0
-        return StealResponse(leases=leases)
+        return StealResponse(leases=self.lease(req.runner, req.max_jobs))
 
     def on_renew(self, req: RenewRequest) -> ReportResponse:
-        if not self.can_serve():
+        todo = self._event(lc.RenewAsked, holder=req.runner, ids=req.ids, serving=self.keeper.can_serve())
+        if not todo:
             return ReportResponse(recorded=[], duplicates=[], unknown=list(req.ids))
-        ok = self.store.renew(self.id, req.runner, req.ids, time.time() + self.t.lease_ttl)
-        lost = [i for i in req.ids if i not in set(ok)]
+        i = todo[0]
+        assert isinstance(i, lc.Renew)
+        ok = self.store.renew(self.ctx.id, i.holder, i.ids, i.until)
+        lost = [j for j in req.ids if j not in set(ok)]
         return ReportResponse(recorded=ok, duplicates=[], unknown=lost, cancel=self.cancelled_of(lost))
 
     def cancelled_of(self, ids: list[str]) -> list[str]:
         """Of `ids`, those cancelled on the grid: their runners should kill them."""
         return [i for i, r in self.store.get_results(ids).items() if r.state == "cancelled"] if ids else []
 
-    async def lease_sweeper(self) -> None:
-        while not self.stopping:
-            await asyncio.sleep(min(0.5, self.t.lease_ttl / 3))
-            if not self.can_serve():
-                continue
-            back = self.store.expire_leases(self.id, time.time())
-            if back:
-                self.metrics.lease_expired.inc(len(back))
-                bind_cause(prefix="sweep-")
-                self.event("leases_expired", jobs=len(back))
-                self._log_jobs("job_lease_expired", back)
-                self.wake_runner.set()
-            await controls.expire_results(self)
+    def release(self, holder: str, ids: list[str]) -> list[str]:
+        """Prefetched jobs a runner gives back unstarted: queued again, the attempt undone."""
+        back: list[str] = []
+        for i in self._event(lc.Released, holder=holder, ids=ids):
+            assert isinstance(i, lc.ReleaseLeases)
+            back = self.store.release(self.ctx.id, i.holder, i.ids)
+        self.counts.changed()
+        self.ctx.signals.wake_runner.set()
+        return back
 
-    # ---- results ----------------------------------------------------------------------------------------
+    # ---- reported ------------------------------------------------------------------------------------------
     async def on_report(self, req: ReportRequest) -> ReportResponse:
         return await self.report(req.results)
 
     async def report(self, results: list[Result]) -> ReportResponse:
-        self.require_serving()
+        self.keeper.require_serving()
         return await self.reports.submit(results)
 
     async def _flush_reports(self, groups: list[list[Result]]) -> list[ReportResponse]:
-        self.require_serving()
+        self.keeper.require_serving()
         flat = [r for g in groups for r in g]
-        jobs = self.store.get_jobs([r.job_id for r in flat])
-        to_record: list[Result] = []
-        requeue: list[JobRecord] = []
-        ttl: dict[str, float | None] = {}
-        for r in flat:
-            held = jobs.get(r.job_id)
-            if held is None or held[0].owner != self.id:
-                continue
-            rec = held[0]
-            again = self._retry_decision(rec, r)
-            if again is not None:
-                requeue.append(again)
-            else:
-                ttl[r.job_id] = rec.spec.result_ttl
-                r.submitted_at = rec.submitted_at
-                r.kind, r.name = rec.spec.kind, rec.spec.name
-                to_record.append(r)
-        if requeue:
-            self.store.requeue(requeue)
-            self.metrics.retried.inc(len(requeue))
-            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, jobs=requeue))
-            self.wake_runner.set()
-        recorded, dups, unknown = self.store.record_results(self.id, to_record, ttl)
-        self.duplicates_dropped += len(dups)
-        self.metrics.duplicates.inc(len(dups))
-        if recorded:
-            fresh = [r.job_id for r in recorded]
-            self.unreplicated.update(fresh)
-            try:
-                await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=recorded))
-            finally:  # on failure the resync copies them later; until then they are this node's only copy
-                self.unreplicated.difference_update(fresh)
-            now = time.time()
-            for r in recorded:
-                (self.metrics.succeeded if r.state == "succeeded" else self.metrics.failed).inc()
-                self.done_times.append(now)
-            self._notify([r.job_id for r in recorded])
-            self._counts_at = 0.0
-        rec_ids = {r.job_id for r in recorded}
-        requeued = {r.spec.id for r in requeue}
-        dup_ids = set(dups)
+        held = {i: rec for i, (rec, _) in self.store.get_jobs([r.job_id for r in flat]).items()}
+        recorded: set[str] = set()
+        requeued: set[str] = set()
+        dups: set[str] = set()
+        for i in self._event(lc.Reported, owner=self.ctx.id, results=flat, held=held):
+            if isinstance(i, lc.Requeue):
+                requeued.update(await self._requeue(i))
+            elif isinstance(i, lc.Finish):
+                rec, dup = await self._finish(i)
+                recorded.update(r.job_id for r in rec)
+                dups.update(dup)
         out = []
-        for g, ctx in zip(groups, self.reports.contexts or [None] * len(groups)):
-            if ctx is not None:  # each reporter's lines under its own causal id
-                ctx.run(self._log_reports, g, rec_ids, requeued, dup_ids)
-            out.append(ReportResponse(
-                recorded=[r.job_id for r in g if r.job_id in rec_ids or r.job_id in requeued],
-                duplicates=[r.job_id for r in g if r.job_id in dup_ids],
-                unknown=[r.job_id for r in g if r.job_id not in rec_ids and r.job_id not in requeued
-                         and r.job_id not in dup_ids]))
+        for g, cx in zip(groups, self.reports.contexts or [None] * len(groups)):
+            done = [r.job_id for r in g if r.job_id in recorded or r.job_id in requeued]
+            dup = [r.job_id for r in g if r.job_id in dups]
+            unknown = [r.job_id for r in g if r.job_id not in recorded and r.job_id not in requeued
+                       and r.job_id not in dups]
+            if cx is not None:  # each reporter's lines under its own causal id
+                cx.run(self._log_reports, g, recorded, requeued, dups, unknown)
+            out.append(ReportResponse(recorded=done, duplicates=dup, unknown=unknown))
         return out
 
-    def _log_reports(self, results: list[Result], rec_ids: set[str], requeued: set[str], dup_ids: set[str]) -> None:
-        self._log_jobs("job_recorded", [r.job_id for r in results if r.job_id in rec_ids])
+    def _log_reports(self, results: list[Result], recorded: set[str], requeued: set[str], dups: set[str],
+                     unknown: list[str]) -> None:
+        self._log_jobs("job_recorded", [r.job_id for r in results if r.job_id in recorded])
         self._log_jobs("job_retried", [r.job_id for r in results if r.job_id in requeued])
-        self._log_jobs("job_duplicate_dropped", [r.job_id for r in results if r.job_id in dup_ids])
-        self._log_jobs("job_report_unknown", [r.job_id for r in results if r.job_id not in rec_ids
-                                              and r.job_id not in requeued and r.job_id not in dup_ids])
+        self._log_jobs("job_duplicate_dropped", [r.job_id for r in results if r.job_id in dups])
+        self._log_jobs("job_report_unknown", unknown)
 
-    def _retry_decision(self, rec: JobRecord, r: Result) -> JobRecord | None:
-        """The job record to queue again, or None to record `r` as the final result."""
-        if r.state != "failed":
-            return None
-        if r.error_type == "WorkerCrashed" or r.retry:
-            crashes = rec.crashes + 1
-            if crashes < self.s.max_crashes:
-                return msgspec.structs.replace(rec, crashes=crashes, state="queued", not_before=0.0)
-            r.error = (f"{r.error}; the job killed its worker process {crashes} times, giving up "
-                       f"(limit {self.s.max_crashes})")
-            r.retry = False
-            return None
-        spec = rec.spec
-        if rec.attempts <= spec.max_retries and (not spec.retry_on or _matches(r.error_type, spec.retry_on)):
-            delay = min(60.0, 0.1 * (2 ** (rec.attempts - 1))) * (0.5 + random.random())
-            return msgspec.structs.replace(rec, state="queued", not_before=time.time() + delay)
-        return None
+    async def _requeue(self, i: lc.Requeue) -> list[str]:
+        """Back to the queue (a retry, or dependencies met), copied to the replicas."""
+        self.store.requeue(i.records)
+        ids = [r.spec.id for r in i.records]
+        if i.reason == "retry":
+            self.ctx.metrics.retried.inc(len(ids))
+        else:
+            self.ctx.log.info(i.reason, job_ids=ids)
+        self.counts.changed()
+        await self.replication.replicate(ReplicateRequest(sender=self.ctx.id, epoch=0, jobs=i.records))
+        self.ctx.signals.wake_runner.set()
+        return ids
 
-    async def _report_to(self, owner_id: str, results: list[Result]) -> ReportResponse | None:
-        m = self.mem.member(owner_id)
-        if m is None:
-            d = self.departed.get(owner_id)
-            m = self.mem.promoter_for(d.location) if d is not None else None
-        if m is None:
-            return None
-        if m.id == self.id:
-            try:
-                return await self.report(results)
-            except ProtocolError:  # not serving right now (no quorum yet): the caller keeps them and retries
-                return None
+    async def _finish(self, i: lc.Finish) -> tuple[list[Result], list[str]]:
+        """The one path of a final result: record (first wins), count, copy, then hand out."""
+        ctx = self.ctx
+        recorded, dups, _ = self.store.record_results(ctx.id, i.results, i.ttl)
+        self.duplicates_dropped += len(dups)
+        ctx.metrics.duplicates.inc(len(dups))
+        if not recorded:
+            return recorded, dups
+        now = time.time()
+        by_state = {"succeeded": ctx.metrics.succeeded, "failed": ctx.metrics.failed,
+                    "cancelled": ctx.metrics.cancelled}
+        for r in recorded:
+            by_state[r.state].inc()
+            self.done_times.append(now)
+        self.counts.changed()
+        ids = [r.job_id for r in recorded]
         try:
-            return await self.peers.call(m.ip, m.port, "/peer/report", ReportRequest(runner=self.id, results=results),
-                                         ReportResponse, timeout=10.0)
-        except (PeerError, ProtocolError):
-            return None
+            await self.replication.replicate(ReplicateRequest(sender=ctx.id, epoch=0, results=recorded))
+        except JobgridError:  # not handed out: the resync copies them and marks them copied later
+            ctx.signals.resync.set()
+            raise
+        self.store.mark_copied(ids)
+        self.waiters.notify(ids)
+        return recorded, dups
 
-    # ---- waiting for results ------------------------------------------------------------------------------
-    def _notify(self, ids: Sequence[str]) -> None:
-        for i in ids:
-            for ev in self.waiters.pop(i, ()):
-                ev.set()
+    def copies_arrived(self, result_ids: Sequence[str]) -> None:
+        """Result copies written here (from their owner, or marked by a resync): wake their waiters."""
+        self.waiters.notify(result_ids)
 
-    def settled_results(self, ids: list[str]) -> dict[str, Result]:
-        """The results of `ids` recorded here with all their copies written."""
-        have = self.store.get_results(ids)
-        if self.unreplicated:
-            have = {k: v for k, v in have.items() if k not in self.unreplicated}
-        return have
-
-    async def results_within(self, ids: list[str], seconds: float) -> list[Result]:
-        """The settled results of `ids` (jobs this node just accepted) once all are in, or after `seconds`."""
-        end = time.monotonic() + seconds
-        with self._waiting(ids) as ev:
-            while True:
-                have = self.settled_results(ids)
-                left = end - time.monotonic()
-                if len(have) == len(ids) or left <= 0:
-                    return list(have.values())
-                ev.clear()
-                try:
-                    await asyncio.wait_for(ev.wait(), timeout=left)
-                except TimeoutError:
-                    pass
-
-    @contextlib.contextmanager
-    def _waiting(self, ids: list[str]) -> Iterator[asyncio.Event]:
-        """An event set when a result for any of `ids` is recorded here (or copied here)."""
-        ev = asyncio.Event()
-        for i in ids:
-            self.waiters[i].add(ev)
-        try:
-            yield ev
-        finally:
-            for i in ids:
-                w = self.waiters.get(i)
-                if w is not None:
-                    w.discard(ev)
-                    if not w:
-                        self.waiters.pop(i, None)
-
-    async def wait_results(self, ids: list[str], timeout: float) -> tuple[list[Result], list[str], list[str]]:
-        """(results, unknown, undetermined) for `ids`, as soon as one result is known or an id is known not
-        to exist, else at the timeout. A job this node holds any copy of is pending; one it does not hold
-        is looked up on the ring: *unknown* only when the grid is settled and no member holds it, else
-        *undetermined* ("don't know yet": some node that might hold it did not answer), which is waited
-        out here and reported only when the timeout comes."""
-        end = time.monotonic() + timeout
-        looked_at = float("-inf")
-        undetermined: list[str] = []
-        while True:
-            have = self.settled_results(ids)
-            if have:
-                return list(have.values()), [], []
-            here = self.store.known_ids(ids) | set(self.store.get_results(ids))
-            missing = [i for i in ids if i not in here]
-            now = time.monotonic()
-            if missing and now - looked_at >= 0.5:
-                looked_at = now
-                v = await self.find(missing, {})
-                rs = [r for r in v.found.values() if isinstance(r, Result)]
-                if rs or v.absent:
-                    return rs, list(v.absent), []
-                undetermined = list(v.undetermined)
-            elif not missing:
-                undetermined = []
-            left = end - time.monotonic()
-            if left <= 0:
-                return [], [], undetermined
-            with self._waiting(ids) as ev:
-                try:  # ids held elsewhere are asked about again (their results are not copied here)
-                    await asyncio.wait_for(ev.wait(), timeout=min(left, 0.5 if missing else left))
-                    if len(ids) > 1:  # let results of a batch gather: one reply (and one query) for many
-                        await asyncio.sleep(0.005 if len(ids) <= 64 else 0.02)
-                except TimeoutError:
-                    pass
-
-    # ---- cancellation --------------------------------------------------------------------------------------
+    # ---- cancel asked ----------------------------------------------------------------------------------------
     async def cancel(self, ids: list[str], forward: bool = True) -> list[str]:
         """Cancel queued and running jobs: the owner records a cancelled result (first wins) and the
         runner holding a lease learns it on its next renew and kills the job's worker."""
-        self.require_serving()
-        jobs = self.store.get_jobs(ids)
-        mine = [rec for rec, state in jobs.values() if rec.owner == self.id and state in ("queued", "leased")]
-        elsewhere = [i for i in ids if i not in {r.spec.id for r in mine}]
-        forwarded = await self._forward_cancel(elsewhere, jobs) if forward and elsewhere else []
-        now = time.time()
-        res = [Result(job_id=r.spec.id, state="cancelled", node=self.id,
-                      error="cancelled while running" if r.state == "leased" else "cancelled before it ran",
-                      attempts=r.attempts, submitted_at=r.submitted_at, finished_at=now, kind=r.spec.kind,
-                      name=r.spec.name) for r in mine]
-        if not res:
-            return forwarded
-        recorded, _, _ = self.store.record_results(self.id, res)
-        for r in recorded:
-            self.log.info("job_cancelled", job_id=r.job_id, error=r.error)
-        if recorded:
-            self.metrics.cancelled.inc(len(recorded))
-            await self.replicate(ReplicateRequest(sender=self.id, epoch=0, results=recorded))
-            self._notify([r.job_id for r in recorded])
-        return [r.job_id for r in recorded] + forwarded
-
-    async def _forward_cancel(self, ids: list[str], held: dict) -> list[str]:
-        """Ask the owners of `ids` (known from our replicas or a lookup) to cancel them."""
-        owners: dict[str, list[str]] = defaultdict(list)
-        unknown = [i for i in ids if i not in held]
-        found = {}
-        if unknown and self.mem.peers():
-            try:
-                found = await self.lookup_everywhere(unknown)
-            except GridUnavailable:
-                found = {}
-        for i in ids:
-            rec = held[i][0] if i in held else found.get(i)
-            if isinstance(rec, JobRecord) and rec.owner != self.id:
-                owners[rec.owner].append(i)
+        self.keeper.require_serving()
+        held = {i: rec for i, (rec, _) in self.store.get_jobs(ids).items()}
         out: list[str] = []
-        for owner, some in owners.items():
-            m = self.mem.member(owner)
-            if m is None:
-                continue
-            try:
-                got = await self.peers.call(m.ip, m.port, "/jobs/cancel?forwarded=1", CancelRequest(ids=some),
-                                            dict, timeout=5.0)
-                out += got.get("cancelled", [])
-            except (PeerError, ProtocolError):
-                pass
+        for i in self._event(lc.CancelAsked, owner=self.ctx.id, ids=ids, held=held):
+            if isinstance(i, lc.Finish):
+                recorded, _ = await self._finish(i)
+                for r in recorded:
+                    self.ctx.log.info("job_cancelled", job_id=r.job_id, error=r.error)
+                out += [r.job_id for r in recorded]
+            elif isinstance(i, lc.Forward) and forward:
+                out += await self._forward(i.owner, i.ids)
+            elif isinstance(i, lc.Unknown) and forward and self.ctx.mem.peers():
+                v = await self.search.find(i.ids, {})
+                for owner in {r.owner for r in v.found.values() if isinstance(r, JobRecord)} - {self.ctx.id}:
+                    out += await self._forward(owner, [j for j, r in v.found.items()
+                                                       if isinstance(r, JobRecord) and r.owner == owner])
         return out
 
+    async def _forward(self, owner: str, ids: list[str]) -> list[str]:
+        """Ask the owner of `ids` (we hold replicas of them, or found them elsewhere) to cancel them."""
+        m = self.ctx.mem.member(owner)
+        if m is None:
+            return []
+        try:
+            got = await self.ctx.peers.call(m.ip, m.port, "/jobs/cancel?forwarded=1", CancelRequest(ids=ids), dict)
+            return list(got.get("cancelled", []))
+        except (PeerError, ProtocolError):
+            return []
 
-def _matches(error_type: str | None, names: list[str]) -> bool:
-    if not error_type:
-        return False
-    short = error_type.rsplit(".", 1)[-1]
-    return any(n == error_type or n == short for n in names)
+    # ---- dependencies, lapsed leases, expired results ----------------------------------------------------------
+    async def settle_dependencies(self) -> int:
+        """Release waiting jobs whose dependencies all succeeded; fail those with a failed dependency."""
+        waiting = self.store.waiting_jobs(self.ctx.id)
+        if not waiting:
+            return 0
+        deps = sorted({d for rec in waiting for d in rec.spec.after})
+        found: dict[str, Result] = dict(self.store.get_results(deps))
+        missing = [d for d in deps if d not in found]
+        if missing and self.ctx.mem.peers():
+            v = await self.search.find(missing, {}, want_results=True)
+            found.update({k: r for k, r in v.found.items() if isinstance(r, Result)})
+        n = 0
+        for i in self._event(lc.DependenciesSettled, owner=self.ctx.id, waiting=waiting, results=found):
+            if isinstance(i, lc.Requeue):
+                n += len(await self._requeue(i))
+            elif isinstance(i, lc.Finish):
+                recorded, _ = await self._finish(i)
+                for r in recorded:
+                    self.ctx.log.info("dependency_failed", job_id=r.job_id, error=r.error)
+                n += len(recorded)
+        return n
+
+    async def dependency_loop(self, interval: float = 0.3) -> None:
+        while not self.ctx.stopping:
+            await asyncio.sleep(interval)
+            if not self.keeper.can_serve():
+                continue
+            try:
+                await self.settle_dependencies()
+            except JobgridError as e:
+                self.ctx.log.warning("dependency_check_failed", error=str(e))
+
+    def _expire_leases(self, holders: Sequence[str] = ()) -> list[str]:
+        back: list[str] = []
+        for i in self._event(lc.LeasesLapsed, holders=holders):
+            assert isinstance(i, lc.ExpireLeases)
+            back = self.store.expire_leases(self.ctx.id, i.before, holders=i.holders)
+        if back:
+            self.ctx.metrics.lease_expired.inc(len(back))
+            self._log_jobs("job_lease_expired", back, **({"holders": list(holders)} if holders else {}))
+            self.counts.changed()
+            self.ctx.signals.wake_runner.set()
+        return back
+
+    async def _expire_results(self) -> None:
+        ctx = self.ctx
+        now = time.time()
+        for i in self._event(lc.ResultsExpired, ids=self.store.expired_results(ctx.id, now)):
+            assert isinstance(i, lc.DropResults)
+            await self.replication.replicate(ReplicateRequest(sender=ctx.id, epoch=0, drop=i.ids))
+            ctx.log.info("results_expired", job_ids=i.ids[:100], count=len(i.ids))
+        self.store.expire_results(now)  # the owners' drops reach replicas; a departed owner's expire here too
+
+    async def sweeper(self) -> None:
+        ctx = self.ctx
+        while not ctx.stopping:
+            await asyncio.sleep(min(0.5, ctx.t.lease_ttl / 3))
+            if not self.keeper.can_serve():
+                continue
+            bind_cause(prefix="sweep-")
+            back = self._expire_leases()
+            if back:
+                ctx.event("leases_expired", jobs=len(back))
+            await self._expire_results()
+
+    # ---- owner changed -----------------------------------------------------------------------------------------
+    def adopt(self, old: str, ids: Sequence[str] | None, *, via: str | None = None) -> int:
+        """Rows of `old` (all, or `ids`) become this node's: promotion, handoff, orphan adoption."""
+        ctx = self.ctx
+        n = 0
+        for i in self._event(lc.OwnerChanged, old=old, new=ctx.id, ids=ids):
+            assert isinstance(i, lc.Adopt)
+            n = self.store.adopt(i.old, i.new, i.ids)
+        if n:
+            ctx.metrics.promoted.inc(n)
+            ctx.promoted(old, n, epoch=ctx.mem.ring.epoch, **({"via": via} if via else {}))
+            ctx.event("replicas_promoted", dead=old, jobs=n, **({"via": via} if via else {}))
+        self.counts.changed()
+        ctx.signals.resync.set()
+        ctx.signals.wake_runner.set()
+        return n
+
+    def _ring_changed(self, change: RingChange, ring: RingState) -> None:
+        gone = [m.id for m in change.removed]
+        if gone:  # leases held by runners that left the ring: back to the queue at once
+            self._expire_leases(gone)
+        for m in change.promote:
+            self.adopt(m.id, None)

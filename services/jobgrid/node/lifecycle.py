@@ -26,10 +26,9 @@ from functools import singledispatchmethod
 
 import msgspec
 
-from ..protocol import JobRecord, JobSpec, Result
+from ..protocol import RUN_AT_HORIZON, JobRecord, JobSpec, Result
 
-# run_at may lie at most this far ahead (s): a job that cannot run within ten years is a mistake
-MAX_DELAY = 10 * 365 * 86400.0
+MAX_DELAY = RUN_AT_HORIZON  # run_at may lie at most this far ahead (s)
 MAX_RETRY_DELAY = 60.0
 
 

@@ -1,4 +1,7 @@
-"""HTTP calls to other nodes: one aiohttp session per peer, msgpack bodies, bounded timeouts."""
+"""Calls to other nodes: one aiohttp session and one stream per peer, msgpack bodies, a named timeout per
+kind of message (`settings.PeerTimeouts`), and every answer mapped to the exception tree in one place
+(`_answer`): unreachable or timed out -> PeerError; refused (4xx) -> PeerRefused; fenced (409, carrying
+the peer's ring) -> PeerFenced; busy (429/503) -> PeerBusy; a reply that does not decode -> ProtocolError."""
 
 from __future__ import annotations
 
@@ -9,9 +12,13 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+import msgspec
+
 from ..codec import MSGPACK, decode, encode
 from ..errors import GridUnavailable, ProtocolError
 from ..logs import CAUSE_HEADER, current_cause
+from ..protocol import RingState
+from ..settings import PeerTimeouts
 from .auth import NODE_HEADER
 from .stream import Link
 
@@ -19,7 +26,7 @@ T = TypeVar("T")
 
 
 class PeerError(GridUnavailable):
-    """A peer could not be reached or answered with an error."""
+    """A peer could not be reached, or answered with an error."""
 
     def __init__(self, message: str, status: int | None = None, body: bytes = b"") -> None:
         super().__init__(message)
@@ -27,13 +34,32 @@ class PeerError(GridUnavailable):
         self.body = body
 
 
+class PeerRefused(PeerError):
+    """The peer answered and refused this message (4xx): sending it again as it is will not help."""
+
+
+class PeerFenced(PeerRefused):
+    """409: the peer follows a newer ring (or does not count us in its own); its ring comes along."""
+
+    def __init__(self, message: str, status: int, body: bytes) -> None:
+        super().__init__(message, status, body)
+        try:
+            self.ring: RingState | None = msgspec.msgpack.decode(body, type=RingState)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self.ring = None
+
+
+class PeerBusy(PeerError):
+    """429 or 503: the peer cannot take it now (no quorum, stopping, full); try again later."""
+
+
 class Peers:
     def __init__(self, *, token: str | None, scheme: str = "http", ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 5.0, local_host: str | None = None, stream: bool = True) -> None:
+                 timeouts: PeerTimeouts | None = None, local_host: str | None = None, stream: bool = True) -> None:
         self.token = token
         self.scheme = scheme
         self.ssl = ssl_context
-        self.timeout = timeout
+        self.timeouts = timeouts or PeerTimeouts()
         # bind outgoing connections to our own address, so links between nodes on 127.0.0.x can be cut
         self.local_addr = (local_host, 0) if local_host else None
         self._sessions: dict[str, aiohttp.ClientSession] = {}
@@ -68,6 +94,7 @@ class Peers:
             raise PeerError("node is stopping")
         base = self.base(host, port)
         s = self._session(base)
+        timeout = timeout or self.timeouts.for_path(path, method)
         data = encode(body, MSGPACK) if body is not None else None
         cause = current_cause()  # the message carries its causal id onward
         if self.stream and method == "POST" and data is not None and path.startswith("/peer/"):
@@ -79,7 +106,7 @@ class Peers:
             if link is None:
                 link = self._links[base] = Link(s, headers=me)
             try:
-                async with asyncio.timeout(timeout or self.timeout):
+                async with asyncio.timeout(timeout):
                     status, raw = await link.call(path, data, cause)
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 raise PeerError(f"{host}:{port}{path}: {type(e).__name__}: {e}") from None
@@ -87,7 +114,7 @@ class Peers:
         try:
             headers = {**self._node_header(), **({CAUSE_HEADER: cause} if cause else {})}
             async with s.request(method, path, data=data, headers=headers,
-                                 timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
+                                 timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                 raw = await r.read()
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -97,7 +124,14 @@ class Peers:
     @staticmethod
     def _answer(host: str, port: int, path: str, status: int, raw: bytes, reply: type[T]) -> T:
         if status >= 400:
-            raise PeerError(f"{host}:{port}{path} answered {status}: {raw[:300]!r}", status, raw)
+            what = f"{host}:{port}{path} answered {status}"
+            if status == 409:
+                raise PeerFenced(what, status, raw)
+            if status in (429, 503):
+                raise PeerBusy(f"{what}: {raw[:300]!r}", status, raw)
+            if status < 500:
+                raise PeerRefused(f"{what}: {raw[:300]!r}", status, raw)
+            raise PeerError(f"{what}: {raw[:300]!r}", status, raw)
         try:
             return decode(raw, reply, MSGPACK)
         except Exception as e:  # a peer of another version or a liar

@@ -13,18 +13,29 @@ from collections import defaultdict
 
 import structlog
 
-from ..protocol import Lease, RenewRequest, ReportResponse, Result, StealRequest, StealResponse
+from ..errors import JobgridError
 from ..logs import bind_cause
-from .grid import Grid
-from .peers import PeerError
+from ..protocol import JobRecord, Lease, ReportResponse, Result
+from .context import NodeContext
+from .jobs import JobService
+from .owners import Owners
 from .pool import WorkerPool
+from .ring_io import RingKeeper
+from .search import Search
 
 log = structlog.get_logger("jobgrid.runner")
 
 
 class Runner:
-    def __init__(self, grid: Grid, pool: WorkerPool, size: int) -> None:
-        self.grid = grid
+    """Runs jobs from whichever owner they belong to, through `Owners` (local or remote alike)."""
+
+    def __init__(self, ctx: NodeContext, keeper: RingKeeper, jobs: JobService, owners: Owners, search: Search,
+                 pool: WorkerPool, size: int) -> None:
+        self.ctx = ctx
+        self.keeper = keeper
+        self.jobs = jobs
+        self.owners = owners
+        self.search = search
         self.pool = pool
         self.size = size
         self.running: dict[str, tuple[str, asyncio.Task]] = {}   # job id -> (owner id, task)
@@ -38,7 +49,7 @@ class Runner:
         # (paused, cut off) can still give them back unstarted instead of starting them behind the fence
         self._gate = asyncio.Semaphore(size)
         self.returned_unstarted = 0
-        grid.local_runner = self  # new jobs come straight here when we want them (Grid._flush_submits)
+        jobs.local_runner = self  # new jobs come straight here when we want them (JobService._flush_submits)
 
     @property
     def free(self) -> int:
@@ -63,53 +74,50 @@ class Runner:
         return 2 * self.size - held if held < self.size else 0
 
     async def loop(self) -> None:
-        g = self.grid
-        while not g.stopping:
-            if self.want > 0 and g.joined.is_set() and g.can_serve():
+        ctx = self.ctx
+        wake = ctx.signals.wake_runner
+        while not ctx.stopping:
+            if self.want > 0 and ctx.joined.is_set() and self.keeper.can_serve():
                 bind_cause(prefix="run-")  # one causal id per lease or steal batch; its jobs' tasks inherit it
                 # prefetch up to `size` more local jobs: they wait for a worker in the pool, so short
                 # jobs need one lease transaction per batch instead of one per job
-                leases = g.lease_local(g.id, self.want)
+                leases = await self.owners.local.lease(self.want)
                 if leases:
-                    g._counts_at = 0.0
-                    self._dispatch(leases, g.id)
+                    self._dispatch(leases, ctx.id)
                     continue
                 if await self._steal():
                     continue
-            g.wake_runner.clear()
+            wake.clear()
             try:
-                await asyncio.wait_for(g.wake_runner.wait(), timeout=0.05 if self.want > 0 else 1.0)
+                await asyncio.wait_for(wake.wait(), timeout=0.05 if self.want > 0 else 1.0)
             except TimeoutError:
                 pass
 
     def take(self, leases: list[Lease]) -> None:
-        """Jobs the grid leased to us as it stored them (it has counted them in already)."""
-        self._dispatch(leases, self.grid.id)
+        """Jobs the job service leased to us as it stored them (it has counted them in already)."""
+        self._dispatch(leases, self.ctx.id)
 
     async def _steal(self) -> bool:
-        g = self.grid
+        mem = self.ctx.mem
         now = time.monotonic()
         best, best_n = None, 0
-        for m in g.mem.peers():
-            n = g.mem.active.get(m.id, 0)
-            if n > best_n and self.empty_until.get(m.id, 0) <= now and g.mem.status(m.id, now) == "alive":
+        for m in mem.peers():
+            n = mem.active.get(m.id, 0)
+            if n > best_n and self.empty_until.get(m.id, 0) <= now and mem.status(m.id, now) == "alive":
                 best, best_n = m, n
         if best is None:
             return False
-        want = min(self.want, max(1, best_n // 2))
         try:
-            resp = await g.peers.call(best.ip, best.port, "/peer/steal",
-                                      StealRequest(runner=g.id, epoch=g.mem.ring.epoch, max_jobs=want),
-                                      StealResponse, timeout=2.0)
-        except (PeerError, Exception):  # noqa: BLE001 - a failed steal just means: try later
+            leases = await self.owners.member(best).lease(min(self.want, max(1, best_n // 2)))
+        except (JobgridError, OSError):  # a failed steal just means: try later
             self.empty_until[best.id] = now + 0.5
             return False
-        if not resp.leases:
-            g.mem.active[best.id] = 0
+        if not leases:
+            mem.drained(best.id)
             self.empty_until[best.id] = now + 0.1 + random.random() * 0.1
             return False
-        g.metrics.stolen.inc(len(resp.leases))
-        self._dispatch(resp.leases, best.id)
+        self.ctx.metrics.stolen.inc(len(leases))
+        self._dispatch(leases, best.id)
         return True
 
     def _dispatch(self, leases: list[Lease], owner: str) -> None:
@@ -122,60 +130,58 @@ class Runner:
             self.waiting[jid] = None
 
     async def _execute(self, lease: Lease, owner: str) -> None:
-        g = self.grid
+        ctx = self.ctx
         rec = lease.record
-        timeout = rec.spec.timeout or g.t.job_timeout
-        g.metrics.busy.set(len(self.running))
+        timeout = rec.spec.timeout or ctx.t.job_timeout
+        ctx.metrics.busy.set(len(self.running))
 
         def started() -> None:
             self.waiting.pop(rec.spec.id, None)
-            g.metrics.started.inc()
+            ctx.metrics.started.inc()
             self.started_jobs += 1
             if len(self.waiting) > self.size:  # deep prefetch: give it back if this job turns out long
                 asyncio.get_running_loop().call_later(0.02, self._check_long, rec.spec.id)
         try:
             async with self._gate:
-                if not g.can_serve():  # fenced: the grid may already be running it elsewhere
-                    self._return_unstarted(rec.spec.id, owner)
+                if not self.keeper.can_serve():  # fenced: the grid may already be running it elsewhere
+                    self._return_unstarted(rec, owner)
                     return
-                log.debug("job_started", job_id=rec.spec.id, node=g.id, owner=owner)
+                log.debug("job_started", job_id=rec.spec.id, node=ctx.id, owner=owner)
                 result = await self.pool.run(rec, timeout=timeout, on_start=started)
         except asyncio.CancelledError:
-            self.waiting.pop(rec.spec.id, None)
-            self.running.pop(rec.spec.id, None)
-            g.metrics.busy.set(len(self.running))
+            self._forget(rec.spec.id)
             raise
         except Exception as e:  # noqa: BLE001 - the pool failed, not the job: let the lease lapse
             log.error("pool_failed", job_id=rec.spec.id, error=repr(e))
-            self.waiting.pop(rec.spec.id, None)
-            self.running.pop(rec.spec.id, None)
+            self._forget(rec.spec.id)
             return
-        result.node = g.id
+        result.node = ctx.id
         result.attempts = rec.attempts
         took = max(0.0, result.finished_at - result.started_at)
         self.avg_run += 0.2 * (took - self.avg_run)
         if took >= 0.005 and len(self.waiting) > self.size:
             self._give_back()
-        log.debug("job_finished", job_id=rec.spec.id, node=g.id, state=result.state)
-        g.metrics.run_time.observe(max(0.0, result.finished_at - result.started_at))
-        self.running.pop(rec.spec.id, None)
-        g.metrics.busy.set(len(self.running))
+        log.debug("job_finished", job_id=rec.spec.id, node=ctx.id, state=result.state)
+        ctx.metrics.run_time.observe(took)
+        self._forget(rec.spec.id)
         self.outbox[owner].append(result)
         self.outbox_event.set()
-        g.wake_runner.set()
+        ctx.signals.wake_runner.set()
 
-    def _return_unstarted(self, jid: str, owner: str) -> None:
-        """A leased job that never started goes back: our own at once (queued again, attempt undone); a
-        stolen one when its owner's lease lapses (we cannot reach a majority, maybe not the owner either)."""
-        g = self.grid
+    def _forget(self, jid: str) -> None:
         self.waiting.pop(jid, None)
         self.running.pop(jid, None)
-        g.metrics.busy.set(len(self.running))
+        self.ctx.metrics.busy.set(len(self.running))
+
+    def _return_unstarted(self, rec: JobRecord, owner: str) -> None:
+        """A leased job that never started goes back: our own at once (queued again, attempt undone); a
+        stolen one when its owner's lease lapses (we cannot reach a majority, maybe not the owner either)."""
+        jid = rec.spec.id
+        self._forget(jid)
         self.returned_unstarted += 1
-        if owner == g.id:
-            g.store.release(g.id, g.id, [jid])
-            g._counts_at = 0.0
-        log.info("prefetch_returned_unstarted", job_id=jid, node=g.id, owner=owner, reason="no quorum")
+        if owner == self.ctx.id:
+            self.jobs.release(self.ctx.id, [jid])
+        log.info("prefetch_returned_unstarted", job_id=jid, node=self.ctx.id, owner=owner, reason="no quorum")
 
     def _check_long(self, jid: str) -> None:
         if jid in self.running and jid not in self.waiting and len(self.waiting) > self.size:
@@ -184,23 +190,21 @@ class Runner:
 
     def _give_back(self) -> None:
         """Jobs turned out long: put the own prefetched jobs beyond `size` back, for other runners."""
-        g = self.grid
-        extra = [j for j in list(self.waiting)[self.size:] if self.running.get(j, ("",))[0] == g.id]
-        if not extra or not g.can_serve():
+        me = self.ctx.id
+        extra = [j for j in list(self.waiting)[self.size:] if self.running.get(j, ("",))[0] == me]
+        if not extra or not self.keeper.can_serve():
             return
         for jid in extra:
             self.waiting.pop(jid, None)
             held = self.running.pop(jid, None)
             if held is not None:
                 held[1].cancel()
-        back = g.store.release(g.id, g.id, extra)
-        log.debug("prefetch_released", jobs=len(back), node=g.id)
-        g._counts_at = 0.0
-        g.wake_runner.set()
+        back = self.jobs.release(me, extra)
+        log.debug("prefetch_released", jobs=len(back), node=me)
 
+    # ---- reporting ---------------------------------------------------------------------------------------
     async def report_loop(self) -> None:
-        g = self.grid
-        while not g.stopping:
+        while not self.ctx.stopping:
             await self.outbox_event.wait()
             self.outbox_event.clear()
             pending = {o: rs for o, rs in self.outbox.items() if rs}
@@ -221,45 +225,37 @@ class Runner:
 
     async def _deliver(self, owner: str, results: list[Result]) -> list[Result]:
         """Report to the owner (or whoever covers it now); returns what still needs delivering."""
-        g = self.grid
+        me = self.ctx.id
         bind_cause(prefix="rep-")  # this delivery's causal id: it travels to the owner in the header
         ids = [r.job_id for r in results]
-        log.info("results_reported", job_ids=ids, node=g.id, owner=owner)
+        log.info("results_reported", job_ids=ids, node=me, owner=owner)
         for i in ids:
-            log.debug("job_reported", job_id=i, node=g.id, owner=owner)
-        resp: ReportResponse | None
-        if owner == g.id and g.mem.is_member:
-            try:
-                resp = await g.report(results)
-            except Exception as e:  # noqa: BLE001 - not serving right now (no quorum): keep and retry
-                log.debug("report_deferred", error=str(e))
-                return results
-        else:
-            resp = await g._report_to(owner, results)
-        if resp is None:
+            log.debug("job_reported", job_id=i, node=me, owner=owner)
+        resp: ReportResponse | None = await self.owners.report(owner, results)
+        if resp is None:  # nobody to take them now (no quorum, owner unreachable): keep and retry
             return results
         unknown = set(resp.unknown)
         if not unknown:
             return []
         # the owner no longer holds these jobs: find who does
         left = [r for r in results if r.job_id in unknown]
-        try:
-            found = await g.lookup_everywhere([r.job_id for r in left]) if g.mem.peers() else {}
-        except Exception:  # noqa: BLE001
-            return left
-        local = g.store.get_jobs([r.job_id for r in left])
+        v = await self.search.find([r.job_id for r in left], {}, here=False) if self.ctx.mem.peers() else None
+        if v is not None and v.undetermined:
+            return left  # cannot tell where they are yet: ask again
+        found = v.found if v is not None else {}
+        local = self.ctx.store.get_jobs([r.job_id for r in left])
         again: dict[str, list[Result]] = defaultdict(list)
         keep: list[Result] = []
         for r in left:
-            where = found.get(r.job_id)
-            if isinstance(where, Result):
-                g.metrics.duplicates.inc()
+            where = found.get(r.job_id, ...)
+            if isinstance(where, Result) or where is None:  # recorded (or being copied) there already
+                self.ctx.metrics.duplicates.inc()
                 continue
-            if r.job_id in local and local[r.job_id][0].owner == g.id:
-                again[g.id].append(r)
-            elif where is not None and hasattr(where, "owner") and where.owner != owner:
+            if r.job_id in local and local[r.job_id][0].owner == me:
+                again[me].append(r)
+            elif isinstance(where, JobRecord) and where.owner != owner:
                 again[where.owner].append(r)
-            elif where is not None:
+            elif isinstance(where, JobRecord):
                 keep.append(r)  # its ownership is moving (promotion, handoff): ask again, never drop it
             # nobody holds it: cancelled or expired; drop the result
         for o, rs in again.items():
@@ -268,37 +264,30 @@ class Runner:
             self.outbox_event.set()
         return keep
 
+    # ---- leases and cancellation -------------------------------------------------------------------------------
     async def renew_loop(self) -> None:
-        g = self.grid
-        while not g.stopping:
-            await asyncio.sleep(g.t.lease_ttl / 3)
+        ctx = self.ctx
+        while not ctx.stopping:
+            await asyncio.sleep(ctx.t.lease_ttl / 3)
             by_owner: dict[str, list[str]] = defaultdict(list)
             for jid, (owner, _) in list(self.running.items()):
                 by_owner[owner].append(jid)
             for owner, ids in by_owner.items():
-                if owner == g.id:
-                    if g.can_serve():
-                        ok = g.store.renew(g.id, g.id, ids, time.time() + g.t.lease_ttl)
-                        self.kill(g.cancelled_of([i for i in ids if i not in set(ok)]))
-                    continue
-                m = g.mem.member(owner)
+                m = ctx.mem.member(owner)
                 if m is None:
-                    continue
-                try:
-                    resp = await g.peers.call(m.ip, m.port, "/peer/renew", RenewRequest(runner=g.id, ids=ids),
-                                              ReportResponse, timeout=g.t.lease_ttl / 3)
+                    continue  # the owner left the ring: its lease lapses wherever the job went
+                resp = await self.owners.member(m).renew(ids)
+                if resp is not None:
                     self.kill(resp.cancel)
-                except Exception:  # noqa: BLE001 - the owner may be gone; its lease will lapse
-                    pass
 
     def kill(self, ids: list[str]) -> None:
         """Stop running jobs cancelled on the grid: cancelling the task kills the job's worker."""
         for jid in ids:
             held = self.running.pop(jid, None)
             if held is not None:
-                log.info("job_killed_cancelled", job_id=jid, node=self.grid.id)
+                log.info("job_killed_cancelled", job_id=jid, node=self.ctx.id)
                 held[1].cancel()
-        self.grid.metrics.busy.set(len(self.running))
+        self.ctx.metrics.busy.set(len(self.running))
 
     def snapshot(self) -> list[dict]:
         return self.pool.snapshot()

@@ -1,8 +1,10 @@
 """The node's durable queues: one SQLite file (WAL) holding the activeQueue, the backupQueue and results.
 
 A job row whose owner is this node belongs to the activeQueue; any other owner makes it a
-replica in the backupQueue. Finished jobs leave the queues and become result rows (kept on the
-owner and its replicas). Every method is one transaction; callers batch.
+replica in the backupQueue. A row's state is the job lifecycle's (`lifecycle.JobState`): waiting (on
+dependencies), queued, leased. Finished jobs leave the queues and become result rows (kept on the
+owner and its replicas); the owner's own result row is `copied` once every replica has it, and only
+then is it handed out. This is the only module with SQL. Every method is one transaction; callers batch.
 """
 
 from __future__ import annotations
@@ -38,11 +40,15 @@ CREATE TABLE IF NOT EXISTS results (
     state TEXT NOT NULL,
     recorded_at REAL NOT NULL,
     expires_at REAL,
-    result BLOB NOT NULL
+    result BLOB NOT NULL,
+    copied INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS results_owner ON results (owner);
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at) WHERE expires_at IS NOT NULL;
 """
+
+# a promoted or adopted row: waiting stays waiting, anything else is queued again (its lease is void)
+_LIVE_AGAIN = "CASE WHEN state='waiting' THEN 'waiting' ELSE 'queued' END"
 
 _enc = msgspec.msgpack.Encoder()
 _dec_job = msgspec.msgpack.Decoder(JobRecord)
@@ -72,8 +78,17 @@ class Store:
                                "move it away; if the folder is read-only, fix its permissions") from None
         except OSError as e:
             raise StorageError(f"{path.parent}: cannot create the data folder: {e}") from None
+        self._migrate()
         row = self.db.execute("SELECT max(seq) FROM jobs").fetchone()
         self._seq = (row[0] or 0) + 1
+
+    def _migrate(self) -> None:
+        """Stores written by earlier versions: results without the `copied` mark (they were handed out,
+        so copied), and jobs waiting on dependencies kept as queued rows with a far not_before."""
+        cols = {c[1] for c in self.db.execute("PRAGMA table_info(results)")}
+        if "copied" not in cols:
+            self.db.execute("ALTER TABLE results ADD COLUMN copied INTEGER NOT NULL DEFAULT 1")
+        self.db.execute("UPDATE jobs SET state='waiting' WHERE state='queued' AND not_before>=9e15")
 
     def close(self) -> None:
         self.db.close()
@@ -254,9 +269,9 @@ class Store:
                     continue
                 t = (ttl or {}).get(res.job_id)
                 res.expires_at = now + t if t else None  # travels with the result: replicas expire it too
-                self.db.execute("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result) "
-                                "VALUES (?, ?, ?, ?, ?, ?)", (res.job_id, owner, res.state, now,
-                                                             res.expires_at, _enc.encode(res)))
+                self.db.execute("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result, copied) "
+                                "VALUES (?, ?, ?, ?, ?, ?, 0)", (res.job_id, owner, res.state, now,
+                                                                res.expires_at, _enc.encode(res)))
                 self.db.execute("DELETE FROM jobs WHERE id=?", (res.job_id,))
                 recorded.append(res)
         return recorded, dups, unknown
@@ -271,14 +286,48 @@ class Store:
             self._write("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
             self._write("DELETE FROM results WHERE job_id=? AND owner=?", [(i, owner) for i in drop])  # expired
 
-    def get_results(self, ids: Sequence[str]) -> dict[str, Result]:
+    def get_results(self, ids: Sequence[str], *, copied: bool = False) -> dict[str, Result]:
+        """Results of `ids` held here; `copied`: only those that may be handed out (every copy written)."""
         out: dict[str, Result] = {}
+        where = " AND copied=1" if copied else ""
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for job_id, blob in self.db.execute(
-                    f"SELECT job_id, result FROM results WHERE job_id IN ({marks})", chunk):
+                    f"SELECT job_id, result FROM results WHERE job_id IN ({marks}){where}", chunk):
                 out[job_id] = _dec_result.decode(blob)
         return out
+
+    def uncopied(self, ids: Sequence[str]) -> set[str]:
+        """Of `ids`, those with a result recorded here whose copies are not all written yet."""
+        out: set[str] = set()
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            out.update(i for (i,) in self.db.execute(
+                f"SELECT job_id FROM results WHERE job_id IN ({marks}) AND copied=0", chunk))
+        return out
+
+    def mark_copied(self, ids: Sequence[str]) -> None:
+        """Every replica has these results now: they may be handed out."""
+        with self._txn():
+            for chunk in _chunks(list(ids), 500):
+                marks = ",".join("?" * len(chunk))
+                self.db.execute(f"UPDATE results SET copied=1 WHERE copied=0 AND job_id IN ({marks})", chunk)
+
+    def expired_results(self, owner: str, now: float) -> list[str]:
+        return [i for (i,) in self.db.execute(
+            "SELECT job_id FROM results WHERE owner=? AND expires_at IS NOT NULL AND expires_at<?", (owner, now))]
+
+    def waiting_jobs(self, owner: str, limit: int = 500) -> list[JobRecord]:
+        """Jobs of `owner` waiting on dependencies."""
+        return [self._decode_job(b, "waiting", owner) for (b,) in self.db.execute(
+            "SELECT record FROM jobs WHERE owner=? AND state='waiting' LIMIT ?", (owner, limit))]
+
+    @staticmethod
+    def _decode_job(blob: bytes, state: str, owner: str) -> JobRecord:
+        rec = _dec_job.decode(blob)
+        rec.state = state
+        rec.owner = owner
+        return rec
 
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of these ids are in the jobs table (no record decoding: the result-wait hot path)."""
@@ -331,14 +380,15 @@ class Store:
         """Promote replicas: jobs and results of `old_owner` become `new_owner`'s."""
         with self._txn():
             if ids is None:
-                n = self.db.execute("UPDATE jobs SET owner=?, state='queued', lease_holder=NULL, "
+                n = self.db.execute(f"UPDATE jobs SET owner=?, state={_LIVE_AGAIN}, lease_holder=NULL, "
                                     "lease_until=NULL WHERE owner=?", (new_owner, old_owner)).rowcount
                 self.db.execute("UPDATE results SET owner=? WHERE owner=?", (new_owner, old_owner))
                 return n
             n = 0
             for i in ids:
-                n += self.db.execute("UPDATE jobs SET owner=?, state='queued' WHERE id=? AND owner=?",
-                                     (new_owner, i, old_owner)).rowcount
+                n += self.db.execute(f"UPDATE jobs SET owner=?, state={_LIVE_AGAIN}, lease_holder=NULL, "
+                                     "lease_until=NULL WHERE id=? AND owner=?", (new_owner, i, old_owner)).rowcount
+            self._write("UPDATE results SET owner=? WHERE job_id=? AND owner=?", [(new_owner, i, old_owner) for i in ids])
             return n
 
     def drop_owner(self, owner: str, ids: Sequence[str] | None = None) -> int:
@@ -356,24 +406,13 @@ class Store:
                 self.db.execute(f"DELETE FROM results WHERE owner=? AND job_id IN ({marks})", (owner, *chunk))
             return n
 
-    def cancel_queued(self, owner: str, ids: Sequence[str]) -> list[JobRecord]:
-        out = []
-        for rec, state in self.get_jobs(ids).values():
-            if rec.owner == owner and state == "queued":
-                out.append(rec)
-        return out
-
     # ---- counts and listings ---------------------------------------------------------------------
     def counts(self, me: str) -> dict[str, int]:
         q = self.db.execute("SELECT state, count(*) FROM jobs WHERE owner=? GROUP BY state", (me,)).fetchall()
         c = dict(q)
         backup = self.db.execute("SELECT count(*) FROM jobs WHERE owner<>?", (me,)).fetchone()[0]
-        return {"queued": c.get("queued", 0), "leased": c.get("leased", 0),
-                "active": c.get("queued", 0) + c.get("leased", 0), "backup": backup}
-
-    def queued_ready(self, me: str, now: float) -> int:
-        return self.db.execute("SELECT count(*) FROM jobs WHERE owner=? AND state='queued' AND not_before<=?",
-                               (me, now)).fetchone()[0]
+        live = c.get("queued", 0) + c.get("leased", 0) + c.get("waiting", 0)  # active: every live row
+        return {"queued": c.get("queued", 0), "leased": c.get("leased", 0), "active": live, "backup": backup}
 
     def recent_results(self, limit: int = 50) -> list[Result]:
         return [_dec_result.decode(b) for (b,) in self.db.execute(
