@@ -21,10 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-docker.sh
 	bash scripts/ensure-chromium.sh
+	PY=$(PY) bash scripts/ensure-toxiproxy.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # everything that needs neither Docker nor Chromium
 test-fast: $(STAMP)
+	PY=$(PY) bash scripts/ensure-toxiproxy.sh
 	$(PY) -m pytest -m "not docker and not browser" $(PYTEST_ARGS)
 
 bench: $(STAMP)

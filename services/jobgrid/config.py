@@ -20,7 +20,7 @@ KEYS: dict[str, str] = {
     "log_level": "JOBGRID_LOG_LEVEL", "heartbeat_interval": "JOBGRID_HEARTBEAT_INTERVAL",
     "failure_timeout": "JOBGRID_FAILURE_TIMEOUT", "lease_ttl": "JOBGRID_LEASE_TTL",
     "job_timeout": "JOBGRID_JOB_TIMEOUT", "token_file": "JOBGRID_TOKEN_FILE",
-    "peer_transport": "JOBGRID_PEER_TRANSPORT",
+    "peer_transport": "JOBGRID_PEER_TRANSPORT", "dial": "JOBGRID_DIAL",
 }
 
 
@@ -46,4 +46,8 @@ def apply(settings: dict[str, Any], environ: dict[str, str] | None = None) -> No
     """Set JOBGRID_* variables from the file where the environment does not already set them."""
     env = os.environ if environ is None else environ
     for key, value in settings.items():
+        if isinstance(value, dict):  # dial = { "10.0.0.5:8000" = "127.0.0.1:21001" }
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):  # dial = ["10.0.0.5:8000=127.0.0.1:21001"]
+            value = ",".join(map(str, value))
         env.setdefault(KEYS[key], str(value))

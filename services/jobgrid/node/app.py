@@ -47,7 +47,7 @@ class Node:
         self.peers = Peers(token=settings.token, scheme=settings.scheme, ssl_context=client_ssl(settings),
                            timeout=max(5.0, settings.timing.failure_timeout),
                            local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None,
-                           stream=settings.peer_transport == "stream")
+                           stream=settings.peer_transport == "stream", dial=dict(settings.dial))
         self.grid = Grid(settings, self.peers, self.metrics)
         self.pool: WorkerPool | None = None
         self.runner: Runner | None = None

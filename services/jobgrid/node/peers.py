@@ -27,7 +27,8 @@ class PeerError(GridUnavailable):
 
 class Peers:
     def __init__(self, *, token: str | None, scheme: str = "http", ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 5.0, local_host: str | None = None, stream: bool = True) -> None:
+                 timeout: float = 5.0, local_host: str | None = None, stream: bool = True,
+                 dial: dict[tuple[str, int], tuple[str, int]] | None = None) -> None:
         self.token = token
         self.scheme = scheme
         self.ssl = ssl_context
@@ -39,6 +40,7 @@ class Peers:
         self.stream = stream
         self._links: dict[str, Link] = {}
         self._closed = False
+        self.dial = dict(dial or {})  # a peer's advertised address -> the address to dial (--dial)
 
     def _session(self, base: str) -> aiohttp.ClientSession:
         s = self._sessions.get(base)
@@ -53,6 +55,7 @@ class Peers:
         return s
 
     def base(self, host: str, port: int) -> str:
+        host, port = self.dial.get((host, port), (host, port))
         h = f"[{host}]" if ":" in host else host
         return f"{self.scheme}://{h}:{port}"
 
