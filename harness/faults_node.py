@@ -19,6 +19,8 @@ class Kill(Fault):
             self.cluster.kill(self.node(name))
 
     def _heal(self) -> None:
+        if self.params.get("stay_down"):
+            return
         for name in self.nodes:
             n = self.node(name)
             if n.state == "killed":

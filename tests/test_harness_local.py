@@ -22,17 +22,23 @@ from conftest import needs_root, wait_for
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _up(cluster_factory):
+def _up(cluster_factory, links="direct"):
     # a 127.0.x.0/24 block of our own: iptables rules match addresses, so no other test's partition touches us
-    c = cluster_factory(replicas=3, runners=1, token="t" * 24, first_octet=256 * (40 + os.getpid() % 200) + 10)
+    c = cluster_factory(replicas=3, runners=1, token="t" * 24, first_octet=256 * (40 + os.getpid() % 200) + 10,
+                        links=links)
     c.up(5, timeout=90)
     return c
 
 
-def _assert_outcome(out: scenarios.Outcome) -> None:
+def _assert_valid(out: scenarios.Outcome, acknowledged: int = 150) -> None:
     assert out.verdict.valid, out.verdict.to_dict(limit=20)
-    assert out.verdict.acknowledged_count == 150
+    assert out.verdict.acknowledged_count == acknowledged, out.verdict.to_dict(limit=5)
     assert out.verdict.lost_count == 0 and out.verdict.duplicated_count == 0
+
+
+def _assert_outcome(out: scenarios.Outcome, acknowledged: int = 150) -> None:
+    _assert_valid(out, acknowledged)
+    assert out.victims, out.fault
     for vid in out.victims:
         assert out.promoted_for(vid), f"no promotion of {vid}'s backups in {out.promotions}"
     assert sum(p.get("jobs", 0) for v in out.victims for p in out.promoted_for(v)) > 0, out.promotions
@@ -58,6 +64,60 @@ def test_kill_then_restart(cluster_factory):
     out = scenarios.kill_restart(c)
     _assert_outcome(out)
     assert len(c.live()) == 5
+
+
+# ---- through Toxiproxy: every link (clients' too) passes its own proxy of a real toxiproxy-server ----
+@needs_root
+def test_partition_halves_via_iptables_with_proxied_links(cluster_factory):
+    """iptables still cuts links that pass Toxiproxy (rules on the proxies' ports)."""
+    c = _up(cluster_factory, "toxiproxy")
+    _assert_outcome(scenarios.partition_halves(c, via="iptables"))
+    c.wait_converged(60)
+
+
+def test_toxiproxy_partition_halves_clients_on_both_sides(cluster_factory):
+    c = _up(cluster_factory, "toxiproxy")
+    _assert_outcome(scenarios.partition_halves(c, via="toxiproxy"))
+    c.wait_converged(60)
+    assert c.proxies.active() == []  # heal enabled every proxy again
+
+
+def test_slow_successor_200ms(cluster_factory):
+    c = _up(cluster_factory, "toxiproxy")
+    out = scenarios.slow_successor(c, ms=200)
+    _assert_valid(out)
+    # acks that needed the slow replica's copy waited for it: 200 ms each way on its links
+    assert out.submit_latency(0.99) >= 0.2, out.timing["latencies"][-20:]
+    assert c.proxies.active() == []
+
+
+def test_blackholed_node_is_promoted_then_rejoins(cluster_factory):
+    c = _up(cluster_factory, "toxiproxy")
+    _assert_outcome(scenarios.blackholed_node(c))
+    assert len(c.live()) == 5
+
+
+def test_flapping_link_loses_nothing(cluster_factory):
+    c = _up(cluster_factory, "toxiproxy")
+    out = scenarios.flapping_link(c, seconds=30.0)
+    _assert_valid(out, acknowledged=300)
+    assert out.fault["flips"] >= 15, out.fault  # down/up every 1-2 s for 30 s
+    print(f"flapping link: {out.fault['flips']} flips, {out.ring_changes} ring changes")
+
+
+def test_bandwidth_50kb_on_owner_with_256kb_jobs(cluster_factory):
+    c = _up(cluster_factory, "toxiproxy")
+    out = scenarios.slow_owner_big_jobs(c, rate_kb=50, jobs=12)
+    _assert_valid(out, acknowledged=12)
+    assert not any("500" in e for e in out.submit_errors()), out.submit_errors()
+    # a job through n1's client link carries 256 KB at 50 KB/s: its ack took seconds
+    assert out.submit_latency(0.99) >= 256 / 50 * 0.8, out.timing["latencies"]
+
+
+def test_client_link_reset_mid_submit_no_job_twice(cluster_factory):
+    c = _up(cluster_factory, "toxiproxy")
+    out = scenarios.client_link_reset(c, seconds=2.0)
+    _assert_valid(out, acknowledged=300)
 
 
 def test_harness_run_cli_writes_run_folder(tmp_path):

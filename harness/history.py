@@ -474,14 +474,14 @@ def summary_line(result: CheckResult) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m jobgrid.history FILE``: print the verdict JSON, the summary on stderr.
+    """``python -m harness.history FILE``: print the verdict JSON, the summary on stderr.
 
     Exit status 0 = valid, 1 = invalid, 2 = usage error or malformed history,
     so a chaos-test script can gate on it directly.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1 or args[0] in {"-h", "--help"}:
-        print("usage: python -m jobgrid.history HISTORY.jsonl", file=sys.stderr)
+        print("usage: python -m harness.history HISTORY.jsonl", file=sys.stderr)
         return 2
     try:
         result = check(load_history(args[0], allow_truncated_tail=True))
