@@ -232,7 +232,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     cfg = RunConfig(nodes=a.nodes, replicas=a.replicas, runners=a.runners, jobs=a.jobs, kind=a.kind, kill=a.kill,
                     pause=a.pause, partition=a.partition, via=a.via, faults=a.faults, seed=a.seed,
                     duration=a.duration, drain=a.drain, failure_timeout=a.failure_timeout, backend=a.backend,
-                    links=a.links, runs_dir=a.runs_dir)
+                    links=a.links, runs_dir=a.runs_dir, rate=a.rate)
     return run(cfg, console)
 
 
@@ -322,6 +322,9 @@ def parser() -> argparse.ArgumentParser:
                    help="instead of a plan, a seeded random mix of these kinds, one at a time: "
                         + ", ".join(FAULTS) + " (default: the plan)")
     s.add_argument("--seed", type=int, help="seed of the random choices, printed in the verdict (default: random)")
+    s.add_argument("--rate", type=float, default=30.0,
+                   help="--faults runs: submissions per second, two clients together, for all of --duration "
+                        "(default 30; --jobs is for plans)")
     s.add_argument("--duration", type=float, default=60.0, help="seconds of workload under faults (default 60)")
     s.add_argument("--drain", type=float, default=60.0, help="seconds to wait for results after healing (default 60)")
     s.add_argument("--runs-dir", default="runs", help="where the run folder is written (default ./runs)")

@@ -1,6 +1,8 @@
 """`harness run`: up, a recorded workload under a nemesis, heal, drain, final reads, check, down.
 
-The procedure and its report (run folder, verdict lines) live here; harness/cli.py only parses options.
+Two kinds of run: a *plan* (`--kill 2 --partition halves`: a fixed number of jobs, each fault its slot)
+and a *soak* (`--faults kill,pause,...`: faults at random for --duration while two clients submit all
+along, harness/soak.py). The procedure and its report live here; harness/cli.py only parses options.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .faults import make, parse_names
 from .faults_net import partition_class
 from .history import HistoryRecorder, load_history, summary_line
 from .nemesis import Nemesis
+from .soak import run_soak
 from .workload import judge, plots, promotions, ran_by_node, remember_ids, run_workload
 
 
@@ -48,6 +51,7 @@ class RunConfig:
     backend: str | None = None
     links: str | None = None
     runs_dir: str = "runs"
+    rate: float = 30.0               # soak: submissions per second, both clients together
     fault_params: dict[str, dict] = field(default_factory=dict)
 
 
@@ -96,6 +100,8 @@ def run(cfg: RunConfig, console: Console) -> int:
     console.print(f"run {outdir} on the [bold]{backend}[/bold] backend ({links} links): {cfg.nodes} nodes, "
                   f"R={cfg.replicas}, {cfg.jobs} {cfg.kind} jobs, {what}, {cfg.duration:g} s, seed {seed}")
     rec = HistoryRecorder(outdir / "history.jsonl")
+    if cfg.faults:
+        return _soak(cfg, cluster, rec, seed, outdir, workdir, console)
     nem: Nemesis | None = None
     result: dict = {}
     try:
@@ -167,6 +173,42 @@ def run(cfg: RunConfig, console: Console) -> int:
     ok = verdict.valid and not timing.get("wrong_count")
     report(console, cluster, timing, verdict, proms, outdir, seed, ok)
     return 0 if ok else 1
+
+
+def _soak(cfg: RunConfig, cluster: Any, rec: HistoryRecorder, seed: int, outdir: Path, workdir: Path,
+          console: Console) -> int:
+    names = parse_names(cfg.faults or "")
+    if cfg.via == "toxiproxy":
+        names = ["partition-toxiproxy" if n == "partition" else n for n in names]
+    try:
+        with console.status(f"starting {cfg.nodes} nodes"):
+            cluster.up(cfg.nodes, timeout=120)
+        console.print(node_table(cluster))
+        t0 = time.monotonic()
+        res = run_soak(cluster, names, duration=cfg.duration, seed=seed, rate=cfg.rate, drain=cfg.drain,
+                       recorder=rec, log=console.print)
+        rec.close()
+        _save_logs(cluster, outdir)
+        out = res.verdict.to_dict()
+        out.update({"seed": seed, "valid-soak": res.valid, "faults": cluster.faults, "promotions": promotions(cluster),
+                    "windows": [{**w, "start": w["start"] - t0, "end": (w["end"] or w["start"]) - t0}
+                                for w in res.windows],
+                    "raised-then-ran": res.raised_then_ran, "mismatched": res.mismatched,
+                    "reruns": res.reruns, "reruns-by-fault": res.reruns_by_fault, "latency": res.latency,
+                    "backend": cluster.backend, "nodes": cfg.nodes, "replicas": cfg.replicas})
+        (outdir / "results.json").write_text(json.dumps(out, indent=1, default=str))
+        plots(outdir, t0, res.timing, res.windows)
+    finally:
+        remember_ids(cluster)
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    colour = "green" if res.valid else "red"
+    lines = res.lines()
+    console.print(f"[bold {colour}]{lines[0]}[/bold {colour}]")
+    for line in lines[1:]:
+        console.print(line)
+    console.print(f"results in {outdir}")
+    return 0 if res.valid else 1
 
 
 def _save_logs(cluster: Any, outdir: Path) -> None:

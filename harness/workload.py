@@ -64,8 +64,13 @@ def _value(fut: asyncio.Future) -> Any:
 async def workload(addresses: Sequence[str], token: str | None, recorder: HistoryRecorder, *, jobs: int,
                    kind: str = "noop", rate: float | None = None, drain_timeout: float = 120.0,
                    on_progress: Callable[[int, int], None] | None = None, seed: int = 1,
-                   stop_submitting: threading.Event | None = None) -> dict:
+                   stop_submitting: threading.Event | None = None,
+                   spec_for: Callable[[int], tuple[Any, Any]] | None = None, clients: int | None = None) -> dict:
     """Submit `jobs` jobs (at `rate` per second when given), then wait for results up to drain_timeout.
+
+    `spec_for(i)` makes job i (spec, expected value) instead of `kind`; `clients` is how many clients
+    submit in turn (default one per address, each trying its own address first); `stop_submitting` ends
+    the submissions early (a run of a fixed duration).
 
     Records invoke/ok/info for each submit and a read (delivery) for each result that arrives.
     Returns timing data: submit latencies and completion times (monotonic).
@@ -82,6 +87,7 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
     wrong: dict[str, Any] = {}        # job id -> the value that came back instead
     ran_on: dict[str, int] = {}       # node id -> jobs whose recorded result it ran
     kinds: dict[str, int] = {}
+    procs: dict[str, str] = {}        # job id -> the client (history process) that submitted it
 
     def seen(res: Any) -> None:
         ran_on[res.node] = ran_on.get(res.node, 0) + 1
@@ -89,9 +95,10 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
     addrs = list(addresses)
     # one client per node, each trying its own node first: jobs are owned by the node that takes them,
     # so this spreads the queues over the whole grid (every client fails over to the others)
-    clients = [AsyncClient(addrs[k:] + addrs[:k], token=token, timeout=30.0, on_result=seen)
-               for k in range(len(addrs))]
-    client = clients[0]
+    n_clients = clients or len(addrs)
+    clients_ = [AsyncClient(addrs[k % len(addrs):] + addrs[:k % len(addrs)], token=token, timeout=30.0,
+                            on_result=seen) for k in range(n_clients)]
+    client = clients_[0]
     try:
 
         def on_done(jid: str, fut: asyncio.Future) -> None:
@@ -103,7 +110,7 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
                 no_result[jid] = type(exc).__name__
                 return  # no result reached us (unknown job, grid unavailable): not a completion
             value = _value(fut)
-            recorder.ok(proc, "read", jid, value=value, delivery=True)
+            recorder.ok(procs.get(jid, proc), "read", jid, value=value, delivery=True)
             if expected.get(jid) is not None and value != expected[jid]:
                 wrong[jid] = value
             completions.append(time.monotonic())
@@ -112,19 +119,20 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
                 on_progress(len(acked), done)
 
         async def one(i: int) -> None:
-            spec, want = make_spec(kind, i, rng)
+            spec, want = spec_for(i) if spec_for else make_spec(kind, i, rng)
             expected[spec.id] = want
             kinds[spec.kind] = kinds.get(spec.kind, 0) + 1
-            recorder.invoke(proc, "submit", spec.id)
+            me = procs[spec.id] = f"c{i % n_clients + 1}"
+            recorder.invoke(me, "submit", spec.id)
             t0 = time.monotonic()
             try:
-                fut = await clients[i % len(clients)].submit_spec(spec)
+                fut = await clients_[i % n_clients].submit_spec(spec)
             except Exception as e:  # noqa: BLE001 - outcome unknown (timeouts, failover exhausted)
-                recorder.info(proc, "submit", spec.id, error=str(e)[:200])
+                recorder.info(me, "submit", spec.id, error=str(e)[:200])
                 unknown.append(spec.id)
                 return
             latencies.append((t0, time.monotonic() - t0))
-            recorder.ok(proc, "submit", spec.id)
+            recorder.ok(me, "submit", spec.id)
             acked[spec.id] = fut
             fut.add_done_callback(lambda f, jid=spec.id: on_done(jid, f))
             if on_progress:
@@ -177,7 +185,7 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
             except Exception:  # noqa: BLE001 - never ran: fine for an unacknowledged job
                 pass
     finally:
-        for c in clients:
+        for c in clients_:
             await c.close()
     return {"latencies": latencies, "completions": completions, "acked": len(acked), "unknown": len(unknown),
             "final_reads": final_reads, "no_result": dict(list(no_result.items())[:50]),
