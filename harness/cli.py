@@ -280,26 +280,26 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("chaos", help="inject one fault (kept until `harness heal`, or for --duration)")
     g = s.add_mutually_exclusive_group(required=True)
-    g.add_argument("--kill", type=int, metavar="N", help="SIGKILL N nodes (the last N live ones, or --node)")
+    g.add_argument("--kill", type=int, metavar="N", help="SIGKILL N nodes (a count; default: the last N live ones, or --node)")
     g.add_argument("--restart", action="store_true", help="start every killed node again on its data")
     g.add_argument("--restart-all", action="store_true", help="SIGKILL every node, then start all again")
-    g.add_argument("--pause", type=int, metavar="N", help="SIGSTOP / docker pause N nodes (the last N, or --node)")
+    g.add_argument("--pause", type=int, metavar="N", help="SIGSTOP / docker pause N nodes (a count; default: the last N live ones, or --node)")
     g.add_argument("--resume", action="store_true", help="resume every paused node")
-    g.add_argument("--partition", choices=PARTITIONS, help="cut the network into this shape (see --via)")
+    g.add_argument("--partition", choices=PARTITIONS, help="cut the network into this shape (see --via; default: no partition)")
     g.add_argument("--latency", metavar="MS[:JITTER]",
                    help="delay each direction of the target's data, e.g. 200ms or 200ms:50ms (unit ms by default)")
     g.add_argument("--bandwidth", metavar="RATE", help="limit the target's links, e.g. 64KB/s (unit KB/s by default)")
-    g.add_argument("--blackhole", metavar="NODE", help="NODE stays up, all its traffic hangs (Toxiproxy timeout 0)")
-    g.add_argument("--reset", metavar="NODE", help="reset NODE's connections (TCP RST) as data arrives")
+    g.add_argument("--blackhole", metavar="NODE", help="NODE stays up, all its traffic hangs (Toxiproxy timeout 0, until heal by default)")
+    g.add_argument("--reset", metavar="NODE", help="reset NODE's connections (TCP RST) as data arrives (until heal by default)")
     g.add_argument("--slow-close", metavar="MS", help="delay the close of the target's connections (unit ms)")
-    g.add_argument("--flap", metavar="A,B", help="take the link between A and B down and up (see --period)")
+    g.add_argument("--flap", metavar="A,B", help="take the link between A and B down and up (see --period; for 30 s by default)")
     s.add_argument("--via", choices=("iptables", "toxiproxy"), default="iptables",
                    help="--partition with iptables DROP rules (hang) or disabled Toxiproxy proxies (refused) "
                         "(default iptables)")
     s.add_argument("--node", action="append", metavar="NODE",
                    help="target node of a toxic, kill or pause (repeatable); a toxic covers all its links, "
-                        "clients' included")
-    s.add_argument("--between", metavar="A,B", help="target the links between A and B ('client' allowed)")
+                        "clients' included (default: none, kill/pause pick the last live nodes)")
+    s.add_argument("--between", metavar="A,B", help="target the links between A and B ('client' allowed; default: none)")
     s.add_argument("--direction", choices=("in", "out", "both"), default="both",
                    help="which data a toxic acts on, seen from --node (or A of --between) (default both)")
     s.add_argument("--period", default="2s", help="--flap: each down or up phase lasts period/2..period "
