@@ -110,30 +110,31 @@ def test_docker_kill_then_restart_keeps_volume(docker_cluster):
 
 
 # ---- every link through a Toxiproxy container ------------------------------------------------------------
-def test_docker_partition_halves_via_iptables_with_proxied_links(docker_cluster):
+# Scenarios that leave the grid healed and converged share one cluster.
+def test_docker_blackhole_then_partitions_via_toxiproxy_and_iptables(docker_cluster):
     c = _up(docker_cluster, "toxiproxy")
-    _assert_outcome(scenarios.partition_halves(c, via="iptables"))
-    c.wait_converged(60)
-
-
-def test_docker_toxiproxy_partition_halves(docker_cluster):
-    c = _up(docker_cluster, "toxiproxy")
+    _assert_outcome(scenarios.blackholed_node(c))
+    assert len(c.live()) == 5
     _assert_outcome(scenarios.partition_halves(c, via="toxiproxy"))
     c.wait_converged(60)
     assert c.proxies.active() == []
+    _assert_outcome(scenarios.partition_halves(c, via="iptables"))  # iptables still cuts proxied links
+    c.wait_converged(60)
 
 
-def test_docker_slow_successor_200ms(docker_cluster):
+def test_docker_slow_successor_big_jobs_on_a_slow_owner_and_a_client_reset(docker_cluster):
     c = _up(docker_cluster, "toxiproxy")
     out = scenarios.slow_successor(c, ms=200)
     _assert_valid(out)
     assert out.submit_latency(0.99) >= 0.2, out.timing["latencies"][-20:]
 
+    out = scenarios.slow_owner_big_jobs(c, rate_kb=50, jobs=12)
+    _assert_valid(out, acknowledged=12)
+    assert not any("500" in e for e in out.submit_errors()), out.submit_errors()
+    assert out.submit_latency(0.99) >= 256 / 50 * 0.8, out.timing["latencies"]
 
-def test_docker_blackholed_node_is_promoted_then_rejoins(docker_cluster):
-    c = _up(docker_cluster, "toxiproxy")
-    _assert_outcome(scenarios.blackholed_node(c))
-    assert len(c.live()) == 5
+    c.wait_converged(60)
+    _assert_valid(scenarios.client_link_reset(c, seconds=2.0), acknowledged=300)
 
 
 def test_docker_flapping_link_loses_nothing(docker_cluster):
@@ -142,19 +143,6 @@ def test_docker_flapping_link_loses_nothing(docker_cluster):
     _assert_valid(out, acknowledged=300)
     assert out.fault["flips"] >= 15, out.fault
     print(f"flapping link (docker): {out.fault['flips']} flips, {out.ring_changes} ring changes")
-
-
-def test_docker_bandwidth_50kb_on_owner_with_256kb_jobs(docker_cluster):
-    c = _up(docker_cluster, "toxiproxy")
-    out = scenarios.slow_owner_big_jobs(c, rate_kb=50, jobs=12)
-    _assert_valid(out, acknowledged=12)
-    assert not any("500" in e for e in out.submit_errors()), out.submit_errors()
-    assert out.submit_latency(0.99) >= 256 / 50 * 0.8, out.timing["latencies"]
-
-
-def test_docker_client_link_reset_mid_submit_no_job_twice(docker_cluster):
-    c = _up(docker_cluster, "toxiproxy")
-    _assert_valid(scenarios.client_link_reset(c, seconds=2.0), acknowledged=300)
 
 
 def test_docker_cli_latency_shows_in_round_trips(docker, node_image, tmp_path):
