@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness import scenarios
+from harness_checks import assert_outcome, blackhole_then_partitions, flapping, slow_links_and_client_reset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,20 +60,6 @@ def _up(make_cluster, links="direct"):
     return c
 
 
-def _assert_valid(out: scenarios.Outcome, acknowledged: int = 150) -> None:
-    assert out.verdict.valid, out.verdict.to_dict(limit=20)
-    assert out.verdict.acknowledged_count == acknowledged, out.verdict.to_dict(limit=5)
-    assert out.verdict.lost_count == 0 and out.verdict.duplicated_count == 0
-
-
-def _assert_outcome(out: scenarios.Outcome) -> None:
-    _assert_valid(out)
-    assert out.victims, out.fault
-    for vid in out.victims:
-        assert out.promoted_for(vid), f"no promotion of {vid}'s backups in {out.promotions}"
-    assert sum(p.get("jobs", 0) for v in out.victims for p in out.promoted_for(v)) > 0, out.promotions
-
-
 def test_docker_network_is_internal_and_reachable(docker_cluster, docker):
     c = docker_cluster(replicas=1, runners=1)
     (n,) = c.up(1, timeout=120)
@@ -86,12 +73,12 @@ def test_docker_network_is_internal_and_reachable(docker_cluster, docker):
 
 
 def test_docker_kill_two_of_five(docker_cluster):
-    _assert_outcome(scenarios.kill_two(_up(docker_cluster)))
+    assert_outcome(scenarios.kill_two(_up(docker_cluster)))
 
 
 def test_docker_partition_halves_then_heal(docker_cluster):
     c = _up(docker_cluster)
-    _assert_outcome(scenarios.partition_halves(c))
+    assert_outcome(scenarios.partition_halves(c))
     c.wait_converged(60)
     for n in c.nodes:  # heal left the JOBGRID chains empty
         code, out = c._exec(n, "iptables", "-S", "JOBGRID")
@@ -99,49 +86,28 @@ def test_docker_partition_halves_then_heal(docker_cluster):
 
 
 def test_docker_pause_longer_than_failure_timeout(docker_cluster):
-    _assert_outcome(scenarios.pause_one(_up(docker_cluster)))
+    assert_outcome(scenarios.pause_one(_up(docker_cluster)))
 
 
 def test_docker_kill_then_restart_keeps_volume(docker_cluster):
     c = _up(docker_cluster)
     out = scenarios.kill_restart(c)
-    _assert_outcome(out)
+    assert_outcome(out)
     assert len(c.live()) == 5
 
 
 # ---- every link through a Toxiproxy container ------------------------------------------------------------
 # Scenarios that leave the grid healed and converged share one cluster.
 def test_docker_blackhole_then_partitions_via_toxiproxy_and_iptables(docker_cluster):
-    c = _up(docker_cluster, "toxiproxy")
-    _assert_outcome(scenarios.blackholed_node(c))
-    assert len(c.live()) == 5
-    _assert_outcome(scenarios.partition_halves(c, via="toxiproxy"))
-    c.wait_converged(60)
-    assert c.proxies.active() == []
-    _assert_outcome(scenarios.partition_halves(c, via="iptables"))  # iptables still cuts proxied links
-    c.wait_converged(60)
+    blackhole_then_partitions(_up(docker_cluster, "toxiproxy"), iptables=True)
 
 
 def test_docker_slow_successor_big_jobs_on_a_slow_owner_and_a_client_reset(docker_cluster):
-    c = _up(docker_cluster, "toxiproxy")
-    out = scenarios.slow_successor(c, ms=200)
-    _assert_valid(out)
-    assert out.submit_latency(0.99) >= 0.2, out.timing["latencies"][-20:]
-
-    out = scenarios.slow_owner_big_jobs(c, rate_kb=50, jobs=12)
-    _assert_valid(out, acknowledged=12)
-    assert not any("500" in e for e in out.submit_errors()), out.submit_errors()
-    assert out.submit_latency(0.99) >= 256 / 50 * 0.8, out.timing["latencies"]
-
-    c.wait_converged(60)
-    _assert_valid(scenarios.client_link_reset(c, seconds=2.0), acknowledged=300)
+    slow_links_and_client_reset(_up(docker_cluster, "toxiproxy"))
 
 
 def test_docker_flapping_link_loses_nothing(docker_cluster):
-    c = _up(docker_cluster, "toxiproxy")
-    out = scenarios.flapping_link(c, seconds=30.0)
-    _assert_valid(out, acknowledged=300)
-    assert out.fault["flips"] >= 15, out.fault
+    out = flapping(_up(docker_cluster, "toxiproxy"))
     print(f"flapping link (docker): {out.fault['flips']} flips, {out.ring_changes} ring changes")
 
 
