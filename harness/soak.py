@@ -90,7 +90,12 @@ def latency_per_window(latencies: list[tuple[float, float]], windows: list[dict]
         ds.sort()
         out.append({"window": name, "submits": len(ds), "p99_ms": ds[min(len(ds) - 1, int(len(ds) * 0.99))] * 1000,
                     "max_ms": ds[-1] * 1000})
-    return sorted(out, key=lambda r: (r["window"] != "no fault", r["window"]))
+    return sorted(out, key=lambda r: _order(r["window"]))
+
+
+def _order(name: str) -> int:
+    """`#12 kill n2` -> 12 (windows in the order they came); anything else first."""
+    return int(name[1:].split()[0]) if name.startswith("#") else 0
 
 
 async def _records(urls: list[str], token: str | None, ids: list[str], concurrency: int = 16) -> dict[str, dict]:
@@ -196,4 +201,4 @@ def run_soak(cluster: Any, faults: list[str], *, duration: float, seed: int, rat
             by_fault[name] = by_fault.get(name, 0) + 1
     windows = [{**w, "name": window_name(i, w)} for i, w in enumerate(nem.windows)]
     return SoakResult(seed, verdict, windows, len(acked), timing.get("raised_then_ran", []), mismatched, reruns,
-                      dict(sorted(by_fault.items())), db is not None, latency_per_window(timing["latencies"], nem.windows), timing)
+                      dict(sorted(by_fault.items(), key=lambda kv: _order(kv[0]))), db is not None, latency_per_window(timing["latencies"], nem.windows), timing)

@@ -56,3 +56,16 @@ def test_every_harness_option_has_a_help_line_naming_its_default_or_unit():
             assert h, f"harness {name} {action.option_strings[0]} has no help line"
             if action.nargs != 0:  # options that take a value say their default (or unit)
                 assert "default" in h or "unit" in h or "e.g." in h, f"harness {name} {action.option_strings[0]}: {h}"
+
+
+def test_soak_charges_latency_and_reruns_to_the_fault_window_they_fell_in():
+    from harness.soak import _window_at, latency_per_window
+    windows = [{"kind": "kill", "nodes": ["n2"], "start": 10.0, "end": 20.0},
+               {"kind": "pause", "nodes": ["n3"], "start": 30.0, "end": 35.0}]
+    rows = latency_per_window([(5.0, 0.01), (12.0, 2.0), (13.0, 1.0), (31.0, 0.5)], windows)
+    assert rows == [{"window": "no fault", "submits": 1, "p99_ms": 10.0, "max_ms": 10.0},
+                    {"window": "#1 kill n2", "submits": 2, "p99_ms": 2000.0, "max_ms": 2000.0},
+                    {"window": "#2 pause n3", "submits": 1, "p99_ms": 500.0, "max_ms": 500.0}]
+    assert _window_at(windows, 5.0) is None
+    assert _window_at(windows, 25.0) == 0   # after a window: the last fault that began is charged
+    assert _window_at(windows, 31.0) == 1
