@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 import urllib.error
@@ -90,6 +91,7 @@ class DockerCluster(ClusterBase):
         self.nodes: list[DockerNode] = []
         self.faults: list[dict] = []
         self.labels = {LABEL: self.name}
+        self.shared = f"{self.name}-shared"  # a volume every node mounts on /shared (the soak's run counter)
 
     # ---- state save/restore (for the CLI) ----------------------------------------------------------------
     def to_state(self) -> dict:
@@ -182,7 +184,8 @@ class DockerCluster(ClusterBase):
         except Exception:  # noqa: BLE001
             self.client.volumes.create(node.volume, labels=self.labels)
         host_config = api.create_host_config(cap_add=["NET_ADMIN"], network_mode=self.network,
-                                             binds={node.volume: {"bind": "/data", "mode": "rw"}})
+                                             binds={node.volume: {"bind": "/data", "mode": "rw"},
+                                                    self._shared_volume(): {"bind": "/shared", "mode": "rw"}})
         net_config = api.create_networking_config({self.network: api.create_endpoint_config(ipv4_address=node.host)})
         try:
             ct = api.create_container(self.image, command=command, name=node.container, environment=env,
@@ -193,6 +196,18 @@ class DockerCluster(ClusterBase):
             raise HarnessError(f"cannot start container for {node.name}: {e}") from e
         node.state = "running"
         return node
+
+    def _shared_volume(self) -> str:
+        try:
+            self.client.volumes.get(self.shared)
+        except Exception:  # noqa: BLE001 - not made yet
+            self.client.volumes.create(self.shared, labels=self.labels)
+            os.chmod(self.shared_dir(), 0o777)  # the nodes' job processes run as the image's jobgrid user
+        return self.shared
+
+    def shared_dir(self) -> str:
+        """The shared volume's folder on this host (the Engine runs here: it is the harness's own)."""
+        return self.client.volumes.get(self.shared).attrs["Mountpoint"]
 
     # ---- observing ---------------------------------------------------------------------------------------
     def get(self, node: DockerNode, path: str, timeout: float = 2.0) -> dict | list:

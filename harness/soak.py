@@ -17,6 +17,7 @@ jobs with known ids whose only work is to count their own run in a SQLite file o
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,6 @@ class SoakResult:
     mismatched: dict[str, str]              # job id -> what differed between the nodes' answers
     reruns: dict[str, int]                  # job id -> runs beyond the first
     reruns_by_fault: dict[str, int]         # fault window ("#3 kill2 n2,n4") -> jobs it made run again
-    counted: bool                           # whether runs were counted (local backend)
     latency: list[dict]                     # per window: {window, submits, p99_ms, max_ms}
     timing: dict = field(default_factory=dict)
 
@@ -59,8 +59,7 @@ class SoakResult:
         out = [f"{'VALID' if self.valid else 'INVALID'}: {self.acknowledged} acknowledged, {len(v.ok)} with a result, "
                f"{v.lost_count} lost, {v.duplicated_count} duplicated, {len(self.mismatched)} with differing "
                f"records across nodes, {len(self.raised_then_ran)} futures raised for jobs that ran (seed {self.seed})",
-               f"jobs run more than once: {len(self.reruns)} ({sum(self.reruns.values())} extra runs)"
-               if self.counted else "jobs run more than once: not counted (the run counter needs the local backend)"]
+               f"jobs run more than once: {len(self.reruns)} ({sum(self.reruns.values())} extra runs)"]
         out += [f"  {w}: {n}" for w, n in self.reruns_by_fault.items()]
         out.append("submit latency per fault window (p99 / max):")
         out += [f"  {r['window']}: {r['submits']} submits, {r['p99_ms']:.0f} / {r['max_ms']:.0f} ms" for r in self.latency]
@@ -143,11 +142,14 @@ def run_soak(cluster: Any, faults: list[str], *, duration: float, seed: int, rat
              log: Callable[[str], None] = print) -> SoakResult:
     """The soak on a cluster that is up (see the module's docstring). `rate`: submissions per second, both
     clients together."""
-    # the run counter is a SQLite file the job processes share: local processes only (on docker, runs are
-    # not counted and the jobs just sleep)
-    db = str(Path(cluster.workdir).resolve() / "soak-runs.sqlite") if cluster.backend == "local" else None
-    if db:
-        sidefx.create(db)
+    # the run counter is a SQLite file the job processes share: in the local cluster's folder, or on the
+    # volume every docker node mounts on /shared (read here through its folder on this host)
+    if cluster.backend == "local":
+        db = here = str(Path(cluster.workdir).resolve() / "soak-runs.sqlite")
+    else:
+        db, here = "/shared/soak-runs.sqlite", str(Path(cluster.shared_dir()) / "soak-runs.sqlite")
+    sidefx.create(here)
+    os.chmod(here, 0o666)
     rec = recorder or HistoryRecorder()
     stop = threading.Event()
     result: dict = {}
@@ -155,9 +157,6 @@ def run_soak(cluster: Any, faults: list[str], *, duration: float, seed: int, rat
 
     def spec_for(i: int) -> tuple[Any, Any]:
         jid = f"{prefix}{i:07d}"
-        if db is None:
-            return build_spec("call", job_id=jid, target="jobgrid.examples:sleep", args=[job_seconds, jid],
-                              name="soak"), jid
         return build_spec("call", job_id=jid, target="harness.sidefx:record", args=[db, jid, job_seconds],
                           name="soak"), jid
 
@@ -193,12 +192,13 @@ def run_soak(cluster: Any, faults: list[str], *, duration: float, seed: int, rat
     mismatched = compare_records(cluster.client_urls(), cluster.token, acked)
     wall0 = time.time() - time.monotonic()  # monotonic -> wall clock, for the side-effect rows
     reruns, by_fault = {}, {}
-    for jid, starts in (sidefx.runs(db, acked) if db else {}).items():
+    for jid, starts in sidefx.runs(here, acked).items():
         if len(starts) > 1:
             reruns[jid] = len(starts) - 1
             idx = _window_at(nem.windows, starts[1] - wall0)
             name = "before any fault" if idx is None else window_name(idx, nem.windows[idx])
             by_fault[name] = by_fault.get(name, 0) + 1
     windows = [{**w, "name": window_name(i, w)} for i, w in enumerate(nem.windows)]
+    by_fault = dict(sorted(by_fault.items(), key=lambda kv: _order(kv[0])))
     return SoakResult(seed, verdict, windows, len(acked), timing.get("raised_then_ran", []), mismatched, reruns,
-                      dict(sorted(by_fault.items(), key=lambda kv: _order(kv[0]))), db is not None, latency_per_window(timing["latencies"], nem.windows), timing)
+                      by_fault, latency_per_window(timing["latencies"], nem.windows), timing)
