@@ -5,7 +5,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench clean images soak
+.PHONY: demo test test-fast bench scale clean images soak
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py $(if $(PEERS),--peers,)
+
+# membership at 8, 16 and 32 local nodes (formation, heartbeat CPU, detection, false removals): ~15 min
+scale: $(STAMP)
+	$(PY) bench/scale.py --plot bench/results/scale.png $(SCALE_ARGS)
 
 images: $(STAMP)
 	bash scripts/ensure-docker.sh

@@ -73,7 +73,7 @@ class DockerCluster(ClusterBase):
 
     def __init__(self, name: str | None = None, *, replicas: int = 3, runners: int = 2, token: str | None = None,
                  heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, image: str = NODE_TAG,
-                 keep_volumes: bool = False, links: str = "direct") -> None:
+                 keep_volumes: bool = False, peer_secret: str | None = None, links: str = "direct") -> None:
         if links not in ("direct", "toxiproxy"):
             raise HarnessError(f"links must be direct or toxiproxy, not {links!r}")
         self.links = links
@@ -82,6 +82,7 @@ class DockerCluster(ClusterBase):
         self.replicas = replicas
         self.runners = runners
         self.token = token or secrets.token_urlsafe(24)
+        self.peer_secret = peer_secret or secrets.token_urlsafe(24)  # the nodes' own credential (not the clients')
         self.heartbeat_interval = heartbeat_interval
         self.failure_timeout = failure_timeout
         self.image = image
@@ -96,7 +97,7 @@ class DockerCluster(ClusterBase):
     # ---- state save/restore (for the CLI) ----------------------------------------------------------------
     def to_state(self) -> dict:
         return {"backend": "docker", "name": self.name, "replicas": self.replicas, "runners": self.runners,
-                "token": self.token, "network": self.network, "subnet": self.subnet,
+                "token": self.token, "peer_secret": self.peer_secret, "network": self.network, "subnet": self.subnet,
                 "heartbeat_interval": self.heartbeat_interval, "failure_timeout": self.failure_timeout,
                 "links": self.links, "nodes": [vars(n) for n in self.nodes],
                 "proxies": None if self.proxies is None else {
@@ -106,6 +107,7 @@ class DockerCluster(ClusterBase):
     @classmethod
     def from_state(cls, st: dict) -> DockerCluster:
         c = cls(st["name"], replicas=st["replicas"], runners=st["runners"], token=st["token"],
+                peer_secret=st.get("peer_secret"),
                 heartbeat_interval=st["heartbeat_interval"], failure_timeout=st["failure_timeout"],
                 links=st.get("links", "direct"))
         c.subnet = st["subnet"]
@@ -171,6 +173,7 @@ class DockerCluster(ClusterBase):
             pass
         env = {"JOBGRID_PORT": str(PORT), "JOBGRID_HOST": "0.0.0.0", "JOBGRID_ADVERTISE": node.host,
                "JOBGRID_REPLICAS": str(self.replicas), "JOBGRID_TOKEN": self.token,
+               "JOBGRID_PEER_SECRET": self.peer_secret,
                "JOBGRID_RUNNERS": str(self.runners), "JOBGRID_HEARTBEAT_INTERVAL": str(self.heartbeat_interval),
                "JOBGRID_FAILURE_TIMEOUT": str(self.failure_timeout)}
         if join is not None:

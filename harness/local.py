@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -147,6 +148,11 @@ class LocalCluster(ClusterBase):
         self.replicas = replicas
         self.runners = runners
         self.token = token
+        # with a client token the nodes need their own credential: kept in the work dir, so restarts (and
+        # a harness command that reloads the cluster) find the same one
+        secret_file = self.workdir / "peer-secret"
+        self.peer_secret = (secret_file.read_text().strip() if secret_file.exists() else secrets.token_urlsafe(24)) \
+            if token else None
         self.timing = ["--heartbeat-interval", str(heartbeat_interval), "--failure-timeout", str(failure_timeout),
                        "--lease-ttl", str(lease_ttl)]
         self.extra_args = list(extra_args)
@@ -176,6 +182,11 @@ class LocalCluster(ClusterBase):
             tf.write_text(self.token)
             tf.chmod(0o600)
             cmd += ["--token-file", str(tf)]
+        if self.peer_secret:
+            pf = self.workdir / "peer-secret"
+            pf.write_text(self.peer_secret)
+            pf.chmod(0o600)
+            cmd += ["--peer-secret-file", str(pf)]
         return cmd
 
     def _host(self, i: int) -> str:
@@ -218,7 +229,7 @@ class LocalCluster(ClusterBase):
     def start(self, node: NodeHandle, join: NodeHandle | None = None) -> NodeHandle:
         if node.proc is not None and node.proc.poll() is None:
             raise HarnessError(f"{node.name} is already running")
-        env = {k: v for k, v in os.environ.items() if k not in ("JOBGRID_TOKEN",)}
+        env = {k: v for k, v in os.environ.items() if k not in ("JOBGRID_TOKEN", "JOBGRID_PEER_SECRET")}
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.exit_with_parent:

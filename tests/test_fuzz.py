@@ -1,5 +1,6 @@
-"""Malformed, truncated, wrong-typed and oversized bodies at every endpoint of one live node: never a 500,
-the node stays healthy, and jobs it acknowledged before the barrage are still queued afterwards."""
+"""Malformed, truncated, wrong-typed and oversized bodies at every endpoint of one live node, peer messages
+sent with the peer credential, and call frames on /stream (as a peer and as a client): never a 500, the node
+stays healthy, and jobs it acknowledged before the barrage are still queued afterwards."""
 
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ _conns: dict[str, http.client.HTTPConnection] = {}
 def request(c: LocalCluster, method: str, path: str, body: bytes | None = None, ctype: str | None = None,
             timeout: float = 30.0) -> tuple[int, dict, bytes]:
     n = c.nodes[0]
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+    # peer messages with the peer credential (a node's), so the fuzzer reaches past the role check
+    headers = {"Authorization": f"Bearer {c.peer_secret}", "X-Jobgrid-Node": NODE_ID} if path.startswith("/peer/") \
+        else {"Authorization": f"Bearer {TOKEN}"}
     if ctype is not None:
         headers["Content-Type"] = ctype
     for attempt in range(2):  # a kept-alive connection the server closed gets one fresh retry
@@ -179,6 +182,62 @@ def test_oversized_body_is_refused_with_413(node: LocalCluster) -> None:
     big = b"[" + b"1," * (33 * 1024 * 1024) + b"1]"  # > 64 MiB, the node's max_body
     status, _, data = request(node, "POST", "/jobs", big, "application/json", timeout=60)
     assert status == 413, data[:300]
+
+
+def test_peer_messages_with_a_client_token_are_refused_before_decoding(node: LocalCluster) -> None:
+    n = node.nodes[0]
+    for path, valid in VALID.items():
+        if not path.startswith("/peer/"):
+            continue
+        conn = http.client.HTTPConnection(n.host, n.port, timeout=30)
+        conn.request("POST", path, body=json.dumps(valid).encode(),
+                     headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        r = conn.getresponse()
+        assert r.status == 403 and "peer" in json.loads(r.read())["error"], (path, r.status)
+        conn.close()
+
+
+@pytest.mark.parametrize("role", ["peer", "client"])
+def test_stream_frames_never_answer_500(node: LocalCluster, role: str) -> None:
+    """Call frames on /stream (as a node with the peer secret, and as a client): every well-formed frame is
+    answered below 500 (403 for a client's peer frames); a malformed one closes the stream with 1003."""
+    import asyncio
+
+    import aiohttp
+    n = node.nodes[0]
+    headers = {"Authorization": f"Bearer {node.peer_secret}", "X-Jobgrid-Node": NODE_ID} if role == "peer" \
+        else {"Authorization": f"Bearer {TOKEN}"}
+    enc = msgspec.msgpack.encode
+    paths = st.sampled_from(sorted(p for p in VALID if p.startswith("/peer/") or p in ("/jobs", "/results/wait")))
+    frames = st.one_of(
+        paths.flatmap(lambda p: bodies(VALID[p]).map(lambda b: ("call", p, b[0]))),
+        st.tuples(paths, bodies(VALID["/jobs"])).map(lambda t: ("call", t[0], t[1][0])),
+        st.binary(max_size=200).map(lambda b: ("raw", "", b)),
+        st.tuples(st.text(max_size=30), st.binary(max_size=50)).map(lambda t: ("call", t[0], t[1])))
+    seen: dict[int, int] = {}
+
+    async def send(frame: tuple[str, str, bytes]) -> None:
+        kind, path, body = frame
+        async with aiohttp.ClientSession(headers=headers) as s:
+            async with s.ws_connect(n.url + "/stream") as ws:
+                await ws.send_bytes(body if kind == "raw" else enc((1, path, None, body)))
+                msg = await ws.receive(timeout=30)
+                if msg.type is aiohttp.WSMsgType.BINARY:
+                    mid, status, answer = msgspec.msgpack.decode(msg.data)
+                    seen[status] = seen.get(status, 0) + 1
+                    assert status < 500, (path, status, answer[:300])
+                    if role == "client" and path.startswith("/peer/"):
+                        assert status == 403, (path, status)
+                else:  # not a call frame: closed as unsupported data, never a crash
+                    assert ws.close_code == aiohttp.WSCloseCode.UNSUPPORTED_DATA, (frame, msg)
+
+    @FUZZ
+    @given(frames)
+    def run(frame: tuple[str, str, bytes]) -> None:
+        asyncio.run(send(frame))
+
+    run()
+    assert seen and node.healthy(n), seen
 
 
 def test_acknowledged_jobs_are_intact_after_the_barrage(node: LocalCluster) -> None:

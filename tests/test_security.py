@@ -195,9 +195,10 @@ def test_a_malicious_pickle_is_only_ever_unpickled_in_the_job_process(cluster_fa
     assert status == 202, raw
     for path in ("/jobs/bomb-1", "/jobs", "/state", "/jobs/bomb-1/result"):
         assert call(n.host, n.port, "GET", path, auth)[0] < 500
+    as_peer = {"Authorization": f"Bearer {c.peer_secret}", "X-Jobgrid-Node": "another-node"}
     for path in ("/peer/replicate", "/peer/handoff", "/peer/report", "/peer/lookup", "/peer/steal"):
         for ctype in ("application/msgpack", "application/json"):
-            st, _, raw = call(n.host, n.port, "POST", path, {**auth, "Content-Type": ctype},
+            st, _, raw = call(n.host, n.port, "POST", path, {**as_peer, "Content-Type": ctype},
                               b"\xc1\x80\x04\x95garbage" + payload)
             assert st == 400 and "malformed body" in json.loads(raw)["error"], (path, st, raw)
     assert not marker.exists(), "a server process unpickled a network payload"

@@ -71,7 +71,13 @@ def test_the_stream_checks_the_token_and_answers_like_the_http_routes(cluster_fa
             async with s.get(url, headers={"Authorization": f"Bearer {TOKEN}"}) as r:
                 assert r.status == 400 and "error" in await r.json()
 
-            ws = await s.ws_connect(url, headers={"Authorization": f"Bearer {TOKEN}"})
+            # a client's stream answers its own frames only; peers name their node and hold the peer secret
+            async with s.ws_connect(url, headers={"Authorization": f"Bearer {TOKEN}"}) as cws:
+                await cws.send_bytes(_enc.encode((6, "/peer/lookup", None, _enc.encode(LookupRequest(ids=["a"])))))
+                mid, status, body = _call(await cws.receive_bytes(timeout=5))
+                assert (mid, status) == (6, 403) and "peer" in json.loads(body)["error"]
+            ws = await s.ws_connect(url, headers={"Authorization": f"Bearer {cl.peer_secret}",
+                                                  "X-Jobgrid-Node": "stranger"})
             # calls are answered by id
             await ws.send_bytes(_enc.encode((7, "/peer/lookup", "cause-1", _enc.encode(LookupRequest(ids=["a"])))))
             mid, status, body = _call(await ws.receive_bytes(timeout=5))
@@ -112,7 +118,7 @@ def test_a_peer_killed_while_a_call_waits_fails_the_call_at_once_and_a_restart_r
     node = cl.nodes[0]
 
     async def go() -> None:
-        peers = Peers(token=TOKEN)
+        peers = Peers(token=cl.peer_secret)
         try:
             r = await peers.call(node.host, node.port, "/peer/lookup", LookupRequest(ids=["x"]), LookupResponse)
             assert r.jobs == [] and len(peers._links) == 1

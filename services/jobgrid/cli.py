@@ -44,6 +44,26 @@ def _read_token(args: argparse.Namespace) -> str | None:
     return token_from_env(None)
 
 
+def _secret(path: str | None, env: str) -> str | None:
+    """A credential for the node: from a file flag, else `{env}` itself, else the file `{env}_FILE` names."""
+    if not path and os.environ.get(env):
+        return os.environ[env]
+    path = path or os.environ.get(f"{env}_FILE") or None
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as e:
+            raise ConfigError(f"cannot read {path} (the {env.lower()[8:].replace('_', ' ')}): {e.strerror}") from None
+    return None
+
+
+def _csv(flag: str | None, env: str) -> tuple[str, ...] | None:
+    raw = flag if flag is not None else os.environ.get(env)
+    if raw is None:
+        return None
+    return tuple(x.strip() for x in raw.replace(" ", ",").split(",") if x.strip())
+
+
 def _float_env(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None:
@@ -66,12 +86,10 @@ def _int_env(name: str) -> int | None:
 def cmd_server(args: argparse.Namespace) -> int:
     from .logs import configure
     from .node.app import serve
-    from .settings import TLS, NodeSettings, Timing, parse_dial
+    from .settings import JOB_KINDS, TLS, NodeSettings, Timing, parse_dial
 
     from . import config
     config.apply(config.load(args.config))
-    if not args.token_file and os.environ.get("JOBGRID_TOKEN_FILE"):
-        args.token_file = os.environ["JOBGRID_TOKEN_FILE"]
     pos = args.args
     if len(pos) not in (0, 1, 3):
         raise ConfigError("usage: jobgrid server PORT [HOST PORT]  (or JOBGRID_PORT / JOBGRID_JOIN)")
@@ -89,18 +107,35 @@ def cmd_server(args: argparse.Namespace) -> int:
                     lease_ttl=args.lease_ttl or _float_env("JOBGRID_LEASE_TTL", 3.0),
                     job_timeout=args.job_timeout or _float_env("JOBGRID_JOB_TIMEOUT", 300.0))
     runners = args.runners if args.runners is not None else _int_env("JOBGRID_RUNNERS")
+    kinds = _csv(args.allow_kinds, "JOBGRID_ALLOW_KINDS")
+
+    def limit(flag: int | None, env: str, default: int) -> int | None:
+        v = flag if flag is not None else _int_env(env)
+        v = default if v is None else v
+        return None if v == 0 else v  # 0: no limit
     settings = NodeSettings(
         port=port, host=args.host or os.environ.get("JOBGRID_HOST", "127.0.0.1"),
         advertise=args.advertise or os.environ.get("JOBGRID_ADVERTISE") or None, join=join,
         runners=runners if runners is not None else (os.cpu_count() or 1),
         data_dir=_path(args.data_dir or os.environ.get("JOBGRID_DATA_DIR")),
-        replicas=args.replicas or _int_env("JOBGRID_REPLICAS") or 3, token=_read_token(args),
+        replicas=args.replicas or _int_env("JOBGRID_REPLICAS") or 3,
+        token=_secret(args.token_file, "JOBGRID_TOKEN"),
+        read_token=_secret(args.read_token_file, "JOBGRID_READ_TOKEN"),
+        peer_secret=_secret(args.peer_secret_file, "JOBGRID_PEER_SECRET"),
+        job_user=args.job_user or os.environ.get("JOBGRID_JOB_USER") or None,
+        allow_kinds=frozenset(kinds) if kinds is not None else JOB_KINDS,
+        allow_modules=_csv(args.allow_modules, "JOBGRID_ALLOW_MODULES") or (),
+        max_pending_per_client=limit(args.max_pending_per_client, "JOBGRID_MAX_PENDING_PER_CLIENT", 128),
+        max_streams_per_client=limit(args.max_streams_per_client, "JOBGRID_MAX_STREAMS_PER_CLIENT", 32),
+        header_timeout=args.header_timeout or _float_env("JOBGRID_HEADER_TIMEOUT", 10.0),
         insecure=args.insecure,
         tls=TLS(cert=_path(args.tls_cert), key=_path(args.tls_key), ca=_path(args.tls_ca)),
         timing=timing, max_queued=args.max_queued,
         max_conns_per_client=args.max_conns_per_client, log_level=level, body_timeout=args.body_timeout,
         peer_transport=args.peer_transport or os.environ.get("JOBGRID_PEER_TRANSPORT", "stream"),
         dial=parse_dial(",".join(args.dial) if args.dial else os.environ.get("JOBGRID_DIAL", "")))
+    from .node.secrecy import protect_credentials
+    protect_credentials()  # out of the environment, /proc/<pid>/environ and other processes' reach
     if settings.insecure and not settings.token:
         err.print("[bold red]WARNING: --insecure: this node accepts jobs from anyone who can reach "
                   f"{settings.host}:{settings.port}, and jobs run arbitrary code.[/]")
@@ -277,6 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replicas", type=int, help="copies of each job, owner included (env JOBGRID_REPLICAS; default 3)")
     s.add_argument("--token-file", help="file holding the cluster token (env JOBGRID_TOKEN_FILE, or the token "
                                         "itself in JOBGRID_TOKEN; default: none, loopback only)")
+    s.add_argument("--read-token-file", help="file holding a read-only client token (or JOBGRID_READ_TOKEN)")
+    s.add_argument("--peer-secret-file", help="file holding the secret nodes prove themselves with; clients never "
+                                              "get it (or JOBGRID_PEER_SECRET; not needed with mutual TLS)")
+    s.add_argument("--job-user", help="run jobs as this account (node as root), away from the node's credentials")
+    s.add_argument("--allow-kinds", help="job kinds accepted, comma-separated (default pickle,script,call); "
+                                         "'call' alone refuses code")
+    s.add_argument("--allow-modules", help="modules whose functions call jobs may name, comma-separated")
+    s.add_argument("--max-pending-per-client", type=int,
+                   help="connections per client IP still sending their request head (default 128; 0: no limit)")
+    s.add_argument("--max-streams-per-client", type=int,
+                   help="open /stream WebSockets per client IP (default 32; 0: no limit; peers: none)")
+    s.add_argument("--header-timeout", type=float, help="seconds a new connection has to send its request head (10)")
     s.add_argument("--insecure", action="store_true",
                    help="allow a non-loopback bind address without a token (default: refused)")
     s.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (default: plain HTTP)")

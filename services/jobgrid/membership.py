@@ -18,8 +18,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import ipaddress
+import re
+
 from . import ring as ringmath
-from .protocol import Member, RingState
+from .protocol import MAX_EPOCH, Member, RingState
+
+MAX_EPOCH_STEP = 1 << 20  # ring changes a node may have missed while away; more is a forged ring
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def valid_host(host: str) -> bool:
+    """An IP address or a DNS name: something a node can be dialled at."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(host))
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,47 @@ class Membership:
     def with_joined(self, newcomer: Member) -> RingState:
         members = [m for m in self.ring.members if m.id != newcomer.id] + [newcomer]
         return RingState(epoch=self.ring.epoch + 1, members=members, proposer=newcomer.id)
+
+    def ring_problem(self, new: RingState, my_address: tuple[str, int] | None = None) -> str | None:
+        """Why `new` breaks an invariant every ring keeps, whoever sent it (None: it keeps them all).
+
+        Non-empty, unique ids and positions, a proposer among its members, valid addresses, an epoch that
+        grows by at most MAX_EPOCH_STEP and can still grow (so a node restarting from it can start), and
+        this node, if listed, at its own address."""
+        ids = [m.id for m in new.members]
+        if not ids:
+            return "a ring without members"
+        if len(set(ids)) != len(ids) or len({m.location for m in new.members}) != len(ids):
+            return "ring has duplicate member ids or locations"
+        if new.proposer not in ids:
+            return f"the proposer {new.proposer!r} is not a member of the ring it proposes"
+        if new.epoch >= MAX_EPOCH:
+            return f"epoch {new.epoch} is too large to grow further"
+        if self.ring.members and new.epoch > self.ring.epoch + MAX_EPOCH_STEP:
+            return f"epoch jumps from {self.ring.epoch} to {new.epoch} (more than {MAX_EPOCH_STEP} changes at once)"
+        bad = next((m for m in new.members if not valid_host(m.ip)), None)
+        if bad is not None:
+            return f"member {bad.id} has an invalid address {bad.ip[:80]!r}"
+        mine = next((m for m in new.members if m.id == self.me), None)
+        if mine is not None and my_address is not None and (mine.ip, mine.port) != my_address:
+            return (f"the ring puts this node ({self.me}) at {mine.ip}:{mine.port}, "
+                    f"but it is at {my_address[0]}:{my_address[1]}")
+        return None
+
+    def push_problem(self, new: RingState, sender: str | None, lock_holder: str | None) -> str | None:
+        """Why a ring announced to this node (not fetched by it) is not taken from `sender`: it must come
+        from a member of the current ring, or be the join of the node holding this node's add_lock."""
+        old = {m.id: m for m in self.ring.members}
+        if self.is_member and all(m.id != self.me for m in new.members) and new.proposer not in old:
+            return f"a ring without this node, proposed by {new.proposer!r}, who is not a member of its ring"
+        if sender is not None and self.member(sender) is not None:
+            return None
+        if (sender is not None and sender == new.proposer == lock_holder and sender not in old
+                and new.epoch == self.ring.epoch + 1
+                and {m.id: m for m in new.members if m.id != sender} == old):
+            return None
+        return (f"a ring announced by {sender or 'an unnamed node'}, which is neither a member of ring epoch "
+                f"{self.ring.epoch} nor the joiner holding this node's add_lock")
 
     def adopt(self, new: RingState, now: float) -> RingChange | None:
         """Take `new` if it is newer; say what changed for this node."""

@@ -11,13 +11,17 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+MAX_EPOCH = 1 << 53  # ring epochs grow by one per change: far beyond any grid's life, far below overflow
+MAX_RUN_AT = 4_102_444_800.0  # 2100-01-01 on the wire; a node takes at most RUN_AT_HORIZON ahead of its clock
+RUN_AT_HORIZON = 10 * 365 * 86400.0
+
 JobId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$",
                                     description="1-128 chars: letters, digits, _ . : -")]
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_\-]{1,64}$")]
 Position = Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-Epoch = Annotated[int, msgspec.Meta(ge=0)]
+Epoch = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=10 * 365 * 86400)]
 Payload = Annotated[bytes, msgspec.Meta(max_length=64 * 1024 * 1024)]
@@ -49,7 +53,7 @@ class JobSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     timeout: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
     max_retries: Retries = 0
     retry_on: Annotated[list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=64)] = []
-    run_at: Annotated[float, msgspec.Meta(ge=0)] | None = None  # epoch seconds (a time, not a duration)
+    run_at: Annotated[float, msgspec.Meta(ge=0, le=MAX_RUN_AT)] | None = None  # epoch seconds (a time, not a duration)
     after: Annotated[list[JobId], msgspec.Meta(max_length=1000)] = []
     result_ttl: Seconds | None = None
 
@@ -185,6 +189,7 @@ class LockResponse(msgspec.Struct):
 
 class JoinAnnounce(msgspec.Struct, forbid_unknown_fields=True):
     ring: RingState
+    sender: NodeId | None = None  # the node sending it (the joiner, the leader, or a member passing it on)
 
 
 class Heartbeat(msgspec.Struct, forbid_unknown_fields=True):

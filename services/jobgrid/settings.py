@@ -5,12 +5,18 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import pwd
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 
 from .errors import ConfigError
+
+
+JOB_KINDS: frozenset[str] = frozenset({"pickle", "script", "call"})
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def default_data_dir(port: int) -> Path:
@@ -58,7 +64,15 @@ class NodeSettings:
     runners: int = field(default_factory=lambda: os.cpu_count() or 1)
     data_dir: Path | None = None
     replicas: int = 3
-    token: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)  # the full client token
+    read_token: str | None = field(default=None, repr=False)  # a read-only client token
+    peer_secret: str | None = field(default=None, repr=False)  # what nodes prove themselves with (no mTLS)
+    job_user: str | None = None  # run jobs as this account (the node must be root)
+    allow_kinds: frozenset[str] = JOB_KINDS
+    allow_modules: tuple[str, ...] = ()  # call targets' modules (and their submodules); () = any
+    max_pending_per_client: int | None = 128  # connections per client IP whose request head is not in yet
+    header_timeout: float = 10.0  # seconds a new connection has to send its first request head
+    max_streams_per_client: int | None = 32  # open /stream WebSockets per client IP (peers: no limit)
     insecure: bool = False
     tls: TLS = field(default_factory=TLS)
     timing: Timing = field(default_factory=Timing)
@@ -87,8 +101,19 @@ class NodeSettings:
             raise ConfigError(f"--body-timeout must be a positive number of seconds, got {self.body_timeout!r}")
         if self.max_queued < 1:
             raise ConfigError("max_queued must be at least 1")
-        if self.token is not None and len(self.token) < 16:
-            raise ConfigError("the cluster token must be at least 16 characters")
+        self._check_credentials()
+        if not self.allow_kinds or not self.allow_kinds <= JOB_KINDS:
+            raise ConfigError(f"--allow-kinds must name some of {', '.join(sorted(JOB_KINDS))}, "
+                              f"got {', '.join(sorted(self.allow_kinds)) or 'nothing'}")
+        for m in self.allow_modules:
+            if not _MODULE.match(m):
+                raise ConfigError(f"--allow-modules: {m!r} is not a module name (like mypkg or mypkg.tasks)")
+        for name in ("max_pending_per_client", "max_streams_per_client"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+        if not self.header_timeout > 0:
+            raise ConfigError(f"--header-timeout must be a positive number of seconds, got {self.header_timeout!r}")
         if bool(self.tls.cert) != bool(self.tls.key):
             raise ConfigError("--tls-cert and --tls-key go together")
         self.timing.check()
@@ -99,6 +124,39 @@ class NodeSettings:
                 f"refusing to listen on {self.host} without a cluster token: anyone who reaches "
                 "this address could run code here. Give --token-file/JOBGRID_TOKEN, or --insecure "
                 "if you really mean it.")
+
+    def _check_credentials(self) -> None:
+        given = {"the cluster token": self.token, "the read-only token": self.read_token,
+                 "the peer secret": self.peer_secret}
+        for what, v in given.items():
+            if v is None:
+                continue
+            if len(v) < 16:
+                raise ConfigError(f"{what} must be at least 16 characters")
+            if not all(32 < ord(c) < 127 for c in v):
+                raise ConfigError(f"{what} must be printable ASCII without spaces")
+        values = [v for v in given.values() if v]
+        if len(set(values)) != len(values):
+            raise ConfigError("the cluster token, the read-only token and the peer secret must all differ")
+        if self.read_token and not self.token:
+            raise ConfigError("a read-only token needs a full cluster token too (--token-file)")
+        if self.token and not self.peer_secret and not self.mtls:
+            raise ConfigError(
+                "a cluster token without a peer credential would let every client speak as a node: give the "
+                "nodes a peer secret (--peer-secret-file or JOBGRID_PEER_SECRET; clients never get it) or "
+                "mutual TLS (--tls-cert, --tls-key and --tls-ca)")
+        if self.job_user is not None:
+            try:
+                pwd.getpwnam(self.job_user)
+            except KeyError:
+                raise ConfigError(f"--job-user {self.job_user}: no such account") from None
+            if os.geteuid() != 0:
+                raise ConfigError("--job-user needs the node to run as root (it starts jobs as that account)")
+
+    @property
+    def mtls(self) -> bool:
+        """Nodes verify each other's certificates against the CA: a verified client certificate is a peer."""
+        return self.tls.enabled and self.tls.ca is not None
 
     @property
     def advertised_host(self) -> str:

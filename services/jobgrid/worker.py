@@ -38,6 +38,8 @@ ERROR_TYPE_LIMIT = 256
 MAX_FRAME = 512 * 1024 * 1024     # sanity bound for one frame in either direction
 
 _HEADER = struct.Struct(">I")
+# --allow-modules of the node (JOBGRID_ALLOW_MODULES): call targets must be defined in one of them
+ALLOWED_MODULES: tuple[str, ...] = ()
 
 
 # ---- messages ---------------------------------------------------------------------------------
@@ -212,6 +214,9 @@ def _resolve(target: str) -> Any:
             raise _failure_from(e, f"cannot resolve target {target!r}: ") from None
     if not callable(obj):
         raise _JobError(f"target {target!r} is a {type(obj).__qualname__}, not callable", "InvalidJob")
+    home = getattr(obj, "__module__", None) or ""  # not what an allowed module imported (`from os import system`)
+    if ALLOWED_MODULES and not any(home == m or home.startswith(m + ".") for m in ALLOWED_MODULES):
+        raise _JobError(f"target {target!r} is defined in {home!r}, outside the allowed modules", "TargetNotAllowed")
     return obj
 
 
@@ -398,13 +403,26 @@ class Worker:
             self.send(reply)
 
 
+def _become(user: str) -> None:
+    """Drop to the job account (`--user UID:GID`): no supplementary groups, its gid, its uid, irrevocably."""
+    uid, gid = (int(x) for x in user.split(":"))
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobgrid.worker", description=__doc__.splitlines()[0])
     parser.add_argument("--rfd", type=int, required=True, help="fd to read job frames from")
     parser.add_argument("--wfd", type=int, required=True, help="fd to write reply frames to")
     parser.add_argument("--workdir", type=Path, required=True, help="the jobs' working directory")
     parser.add_argument("--capture", type=Path, required=True, help="directory for stdout/stderr capture files")
+    parser.add_argument("--user", help="UID:GID to become before anything else (the node runs as root)")
     opts = parser.parse_args(argv)
+    if opts.user:
+        _become(opts.user)
+    global ALLOWED_MODULES
+    ALLOWED_MODULES = tuple(m for m in os.environ.pop("JOBGRID_ALLOW_MODULES", "").split(",") if m)
     # Subprocesses of jobs must not inherit the protocol pipes (a leftover child holding the
     # write end would hide our death from the parent).
     os.set_inheritable(opts.rfd, False)

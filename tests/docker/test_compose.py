@@ -66,7 +66,7 @@ def test_compose_grid_of_three_agrees_and_runs_a_job(node_image):
 
     project = f"jgtest{secrets.token_hex(4)}"
     token = secrets.token_hex(16)
-    env = {**os.environ, "JOBGRID_TOKEN": token, "BASE_IMAGE": "jobgrid-base:bookworm",
+    env = {**os.environ, "JOBGRID_TOKEN": token, "JOBGRID_PEER_SECRET": "peer-" + token, "BASE_IMAGE": "jobgrid-base:bookworm",
            "JOBGRID_REPLICAS": "2", "JOBGRID_LOG_LEVEL": "info"}
     cmd = [*base, "-p", project, "-f", str(COMPOSE_FILE), "-f", str(INTERNAL)]
 

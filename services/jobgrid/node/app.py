@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from ..settings import NodeSettings
+from .edges import GuardedRunner, redact_server_logs
 from .grid import Grid
 from .http import make_middlewares, routes
 from .metrics import Metrics
@@ -28,6 +29,9 @@ def server_ssl(settings: NodeSettings) -> ssl.SSLContext | None:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(str(settings.tls.cert), str(settings.tls.key))
+    if settings.mtls:  # a certificate the CA verifies makes the caller a peer; clients come without one
+        ctx.load_verify_locations(cafile=str(settings.tls.ca))
+        ctx.verify_mode = ssl.CERT_OPTIONAL
     return ctx
 
 
@@ -35,6 +39,8 @@ def client_ssl(settings: NodeSettings) -> ssl.SSLContext | None:
     if not settings.tls.enabled:
         return None
     ctx = ssl.create_default_context(cafile=str(settings.tls.ca) if settings.tls.ca else None)
+    if settings.mtls:  # the node's own certificate is its peer credential
+        ctx.load_cert_chain(str(settings.tls.cert), str(settings.tls.key))
     return ctx
 
 
@@ -44,11 +50,12 @@ class Node:
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.peers = Peers(token=settings.token, scheme=settings.scheme, ssl_context=client_ssl(settings),
+        self.peers = Peers(token=settings.peer_secret, scheme=settings.scheme, ssl_context=client_ssl(settings),
                            timeout=max(5.0, settings.timing.failure_timeout),
                            local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None,
                            stream=settings.peer_transport == "stream", dial=dict(settings.dial))
         self.grid = Grid(settings, self.peers, self.metrics)
+        self.peers.identity = lambda: self.grid.id  # named in every peer call (X-Jobgrid-Node)
         self.pool: WorkerPool | None = None
         self.runner: Runner | None = None
         self.extra: dict = {}
@@ -56,8 +63,7 @@ class Node:
 
     def make_app(self) -> web.Application:
         app = web.Application(client_max_size=self.settings.max_body,
-                              middlewares=make_middlewares(self.settings.token,
-                                                                self.settings.max_conns_per_client))
+                              middlewares=make_middlewares(self.settings))
         app["grid"] = self.grid
         app.add_routes(routes(self.grid, self.extra))
 
@@ -72,11 +78,15 @@ class Node:
         s = self.settings
         assert s.data_dir is not None
         if s.runners > 0:
-            self.pool = WorkerPool(s.runners, work_root=Path(s.data_dir) / "work", node_id=self.grid.id)
+            self.pool = WorkerPool(s.runners, work_root=Path(s.data_dir) / "work", node_id=self.grid.id,
+                                   user=s.job_user,
+                                   env={"JOBGRID_ALLOW_MODULES": ",".join(s.allow_modules)} if s.allow_modules else None)
             await self.pool.start()
             self.runner = Runner(self.grid, self.pool, s.runners)
             self.extra["runner"] = self.runner
-        self.web_runner = web.AppRunner(self.make_app(), access_log=None, handler_cancellation=True,
+        redact_server_logs()
+        self.web_runner = GuardedRunner(self.make_app(), max_pending=s.max_pending_per_client,
+                                        header_timeout=s.header_timeout, access_log=None, handler_cancellation=True,
                                         keepalive_timeout=75.0, max_line_size=8190, max_field_size=8190)
         await self.web_runner.setup()
         site = web.TCPSite(self.web_runner, s.host, s.port, ssl_context=server_ssl(s), backlog=1024,

@@ -10,10 +10,11 @@ from typing import Any
 import msgspec
 
 from ..errors import JobgridError
-from ..protocol import JobRecord, ReplicateRequest, Result
+from ..protocol import MAX_RUN_AT, JobRecord, ReplicateRequest, Result
 
 # not_before of a job whose `after` dependencies have not all succeeded yet: never leased until then
 WAITING = 9.0e15
+assert WAITING > MAX_RUN_AT  # a user's run_at (bounded by the protocol) can never look like this sentinel
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(JobRecord)
 

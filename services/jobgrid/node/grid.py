@@ -161,6 +161,11 @@ class Grid(JobFlow):
 
     # ---- ring changes --------------------------------------------------------------------------------
     def apply_ring(self, new: RingState) -> RingChange | None:
+        if new.key() > self.mem.ring.key():
+            problem = self.mem.ring_problem(new, (self.s.advertised_host, self.s.port))
+            if problem is not None:  # never adopted, never persisted: a ring we could not restart from
+                self.log.warning("ring_refused", epoch=new.epoch, proposer=new.proposer, reason=problem)
+                return None
         change = self.mem.adopt(new, time.monotonic())
         if change is None:
             return None
@@ -201,7 +206,7 @@ class Grid(JobFlow):
 
     async def _send_ring(self, m: Member, ring: RingState) -> None:
         try:
-            await self.peers.call(m.ip, m.port, "/peer/ring", JoinAnnounce(ring=ring), RingState,
+            await self.peers.call(m.ip, m.port, "/peer/ring", JoinAnnounce(ring=ring, sender=self.id), RingState,
                                   timeout=self.t.failure_timeout)
         except (PeerError, ProtocolError):
             pass
@@ -267,7 +272,8 @@ class Grid(JobFlow):
                 attempt += 1
                 continue
             ok, locked, best = await self._lock_all(ring)
-            if ok and best is not None and {m.id for m in best.members} == {m.id for m in locked}:
+            if (ok and best is not None and {m.id for m in best.members} == {m.id for m in locked}
+                    and self.mem.ring_problem(best) is None):
                 loc = ringmath.largest_gap_midpoint([m.location for m in best.members])
                 me = self.me_member(loc)
                 new = RingState(epoch=best.epoch + 1, members=[*best.members, me], proposer=self.id)
@@ -381,11 +387,16 @@ class Grid(JobFlow):
 
     def on_ring(self, ann: JoinAnnounce) -> RingState:
         """A ring announced by a joiner or the leader: adopt it if it is newer."""
-        ids = [m.id for m in ann.ring.members]
-        locs = [m.location for m in ann.ring.members]
-        if len(set(ids)) != len(ids) or len(set(locs)) != len(locs):
-            raise ProtocolError("ring has duplicate member ids or locations", 422)
-        self.apply_ring(ann.ring)
+        if ann.ring.key() > self.mem.ring.key():
+            why = self.mem.ring_problem(ann.ring, (self.s.advertised_host, self.s.port))
+            if why is not None:
+                raise ProtocolError(f"ring refused: {why}", 422)
+            if ann.sender == self.id:
+                raise ProtocolError("ring refused: announced in this node's own name", 403)
+            why = self.mem.push_problem(ann.ring, ann.sender, self.add_lock.current(time.monotonic()))
+            if why is not None:
+                raise ProtocolError(f"ring refused: {why}", 409)
+            self.apply_ring(ann.ring)
         return self.mem.ring
 
     def on_lock(self, req: LockRequest) -> LockResponse:
@@ -433,6 +444,11 @@ class Grid(JobFlow):
             return False
 
     def on_replicate(self, req: ReplicateRequest) -> ReportResponse:
+        if req.sender == self.id:
+            raise ProtocolError("replicas in this node's own name refused: a node never replicates to itself", 403)
+        stray = next((j for j in req.jobs if j.owner != req.sender), None)
+        if stray is not None:
+            raise ProtocolError(f"node {req.sender} sent a replica of job {stray.spec.id}, owned by {stray.owner}", 403)
         sender = self.mem.member(req.sender)
         if sender is None and req.sender not in self.departed:
             if req.epoch > self.mem.ring.epoch:
@@ -449,6 +465,11 @@ class Grid(JobFlow):
             n = self.store.drop_owner(req.sender)
             self.event("replicas_pruned", owner=req.sender, jobs=n)
             return ReportResponse(recorded=[], duplicates=[], unknown=[])
+        if (sender is not None and req.epoch <= self.mem.ring.epoch
+                and all(m.id != self.id for m in self.mem.successors(req.sender))):
+            # the ring makes this node responsible for none of the sender's copies (the answer carries our ring)
+            raise ProtocolError(f"this node is not a successor of {req.sender} in ring epoch {self.mem.ring.epoch}",
+                                409)
         if req.jobs:
             self.store.upsert_replicas(req.jobs)
         if req.results or req.drop:
@@ -523,6 +544,14 @@ class Grid(JobFlow):
                 promoter = p
 
     def on_handoff(self, req: HandoffRequest) -> ReportResponse:
+        if self.id in (req.sender, req.dead):
+            raise ProtocolError("a handoff from or of this node itself refused", 403)
+        stray = next((j for j in req.jobs if j.owner != req.dead), None)
+        if stray is not None:
+            raise ProtocolError(f"handoff of job {stray.spec.id}, owned by {stray.owner}, not by {req.dead}", 403)
+        if self.mem.member(req.dead) is not None and req.epoch <= self.mem.ring.epoch:
+            raise ProtocolError(f"node {req.dead} is a member of ring epoch {self.mem.ring.epoch}: nothing to hand off",
+                                409)
         fresh = [msgspec.structs.replace(j, owner=self.id, state="queued") for j in req.jobs]
         got = self.store.put_jobs(fresh)
         n = len(got) + self.store.adopt(req.dead, self.id, [j.spec.id for j in req.jobs])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import inspect
 import time
 from collections.abc import Awaitable, Callable
@@ -17,9 +16,14 @@ from ..codec import JSON, MSGPACK, decode, describe_error, encode
 from ..errors import JobgridError, ProtocolError, StorageError, Unavailable
 from ..logs import CAUSE_HEADER, new_cause, valid_cause
 from ..protocol import (
-    CancelRequest, HandoffRequest, Heartbeat, JobStatus, JoinAnnounce, LockRequest, LookupRequest, RenewRequest,
+    RUN_AT_HORIZON, CancelRequest, HandoffRequest, Heartbeat, JobStatus, JoinAnnounce, LockRequest, LookupRequest, RenewRequest,
     ReplicateRequest, ReportRequest, StealRequest, SubmitRequest, SubmitResponse, UnlockRequest, WaitRequest,
     WaitResponse, JobId, JobRecord, Result,
+)
+from ..settings import NodeSettings
+from .auth import (
+    NODE_HEADER, SESSION_COOKIE, Credentials, FRAME_ROLES, Caller, code_refusal, host_ok, origin_ok, identify, may, message_sender,
+    named_ok, raw, refusal, required_role,
 )
 from .grid import Grid
 from .stream import STREAM_PATH, StreamBinding, StreamServer
@@ -27,7 +31,6 @@ from .stream import STREAM_PATH, StreamBinding, StreamServer
 log = structlog.get_logger("jobgrid.http")
 
 PUBLIC = frozenset({"/healthz"})
-COOKIE = "jobgrid_token"
 _job_id_type = msgspec.json.Decoder(JobId)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,9 +111,15 @@ def _error_body(message: str) -> bytes:
     return encode({"error": message}, JSON)
 
 
-def make_middlewares(token: str | None, max_conns_per_client: int | None = None) -> list:
-    secret = token.encode() if token else None
+def make_middlewares(settings: NodeSettings) -> list:
+    creds = Credentials.of(settings.token, settings.read_token, settings.peer_secret, settings.mtls)
+    max_conns_per_client = settings.max_conns_per_client
+    max_streams = settings.max_streams_per_client
+    secure = settings.tls.enabled
+    scheme = settings.scheme
+    own_names = frozenset({settings.host.lower(), settings.advertised_host.lower()})
     in_flight: dict[str, int] = {}
+    streams: dict[str, int] = {}
 
     @web.middleware
     async def per_client_cap(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -125,11 +134,7 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
         try:
             return await handler(request)
         finally:
-            left = in_flight[peer] - 1
-            if left:
-                in_flight[peer] = left
-            else:
-                del in_flight[peer]
+            _release(in_flight, peer)
 
     @web.middleware
     async def causal(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -138,21 +143,60 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
         with structlog.contextvars.bound_contextvars(cause=cause):
             return await handler(request)
 
+    def unauthorized(request: web.Request, why: str | None = None) -> web.Response:
+        return error(request, 401, why or "missing or wrong cluster token (Authorization: Bearer <token>)",
+                     **{"WWW-Authenticate": "Bearer"})
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if secret is not None and request.path not in PUBLIC:
-            given = request.headers.get("Authorization", "")
-            cand = given[7:] if given.startswith("Bearer ") else request.cookies.get(COOKIE, "")
+        """Who is calling (auth.identify), whether its role may use this route, and browser checks."""
+        if request.path not in PUBLIC:
+            if creds.open and not host_ok(request.headers.get("Host"), own_names):
+                return error(request, 403, "Host header not accepted by an open node (DNS rebinding guard); "
+                             "use the node's IP address or localhost")
+            ssl_obj = request.transport.get_extra_info("ssl_object") if request.transport else None
+            caller = identify(creds, authorization=request.headers.get("Authorization"),
+                              cookie=request.cookies.get(SESSION_COOKIE), node_header=request.headers.get(NODE_HEADER),
+                              peercert=ssl_obj.getpeercert() if ssl_obj is not None else None)
             url_token = request.query.get("token")
-            if url_token and not cand:
-                cand = url_token
-            if not hmac.compare_digest(cand.encode(), secret):
-                return error(request, 401, "missing or wrong cluster token (Authorization: Bearer <token>)",
-                             **{"WWW-Authenticate": "Bearer"})
-            if url_token and request.method == "GET":  # the dashboard link: move the token to a cookie
+            if url_token is not None and request.method == "GET" and not creds.clients_open:
+                # the dashboard link: a valid client token becomes a session cookie and a redirect without it
+                given = raw(url_token)
+                role = creds.match_token(given) if given is not None else None
+                if role not in ("full", "read"):
+                    return unauthorized(request, "the token in the URL is not a client token of this grid")
                 resp = web.HTTPFound(request.rel_url.without_query_params("token"))
-                resp.set_cookie(COOKIE, url_token, httponly=True, samesite="Strict")
+                token = creds.full if role == "full" else creds.read
+                assert token is not None
+                resp.set_cookie(SESSION_COOKIE, creds.session(token), httponly=True, samesite="Strict",
+                                secure=secure, path="/")
                 return resp
+            if caller is None or isinstance(caller, str):
+                return unauthorized(request, caller if isinstance(caller, str) else None)
+            origin = request.headers.get("Origin")
+            if (request.path == STREAM_PATH or caller.via == "cookie") and not origin_ok(
+                    origin, scheme, request.headers.get("Host")):
+                return error(request, 403, f"cross-origin request from {origin[:100] if origin else 'a page'} "
+                             "refused: the dashboard is served to its own origin only")
+            if caller.via == "cookie" and request.method not in ("GET", "HEAD") and origin is None:
+                return error(request, 403, "a cookie-authenticated request must carry an Origin header")
+            need = required_role(request.method, request.path)
+            if not may(caller, need):
+                return error(request, 403, refusal(caller, need, f"{request.method} {request.path}"))
+            request["caller"] = caller
+            if request.path == STREAM_PATH and caller.role != "peer" and max_streams is not None:
+                ip = request.remote or "?"
+                if streams.get(ip, 0) >= max_streams:
+                    return error(request, 429, f"too many open streams from {ip} (limit {max_streams}); "
+                                 "close one or retry later", **{"Retry-After": "1"})
+                streams[ip] = streams.get(ip, 0) + 1
+                try:
+                    return await answer(request, handler)
+                finally:
+                    _release(streams, ip)
+        return await answer(request, handler)
+
+    async def answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPException as e:
@@ -160,10 +204,18 @@ def make_middlewares(token: str | None, max_conns_per_client: int | None = None)
                 return error(request, e.status, e.reason)
             raise
         except Exception as e:  # noqa: BLE001 - mapped to a status by `failure`
-            status, raw, ct, headers = failure(request.app["grid"], request.path, e)
-            return web.Response(body=raw, status=status, content_type=ct, headers=headers)
+            status, raw_body, ct, headers = failure(request.app["grid"], request.path, e)
+            return web.Response(body=raw_body, status=status, content_type=ct, headers=headers)
 
     return [causal, per_client_cap, guard]
+
+
+def _release(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 1) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
@@ -181,6 +233,15 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         return reply(request, resp, 202 if resp.accepted else 200)
 
     async def submit_message(req: SubmitRequest) -> SubmitResponse:
+        kinds, modules = grid.s.allow_kinds, grid.s.allow_modules
+        horizon = time.time() + RUN_AT_HORIZON
+        for spec in req.jobs:
+            if spec.run_at is not None and spec.run_at > horizon:
+                raise ProtocolError(f"job {spec.id}: run_at {spec.run_at:.0f} is more than "
+                                    f"{RUN_AT_HORIZON / 86400 / 365:.0f} years ahead", 422)
+            why = code_refusal(spec.kind, spec.target, kinds, modules)
+            if why is not None:
+                raise ProtocolError(f"job {spec.id}: {why}", 403)
         acc, ex = await grid.submit(req.jobs, retry=req.retry)
         done = await grid.results_within(acc, req.linger) if req.linger and acc else []
         return SubmitResponse(accepted=acc, existing=ex, node=grid.id, results=done)
@@ -247,7 +308,9 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
     def peer(typ: type, name: str) -> Handler:
         async def route(request: web.Request) -> web.Response:
             grid.metrics.peer_messages.labels("http").inc()
-            answer = getattr(grid, name)(await body(request, typ))
+            msg = await body(request, typ)
+            check_sender(grid, request.get("caller"), msg)
+            answer = getattr(grid, name)(msg)
             if inspect.isawaitable(answer):
                 answer = await answer
             return reply(request, answer)
@@ -262,7 +325,19 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         def answer_error(path: str, e: Exception) -> tuple[int, bytes]:
             status, raw, _, _ = failure(g, path, e)
             return status, raw
-        table = {path: (typ, getattr(g, name)) for path, (typ, name) in PEER_MESSAGES.items()}
+        caller: Caller | None = request.get("caller")
+
+        def gate(path: str) -> None:
+            need = FRAME_ROLES.get(path, "peer")
+            if caller is not None and not may(caller, need):
+                raise ProtocolError(refusal(caller, need, f"{path} on the stream"), 403)
+
+        def as_peer(handle: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            def checked(msg: Any) -> Any:
+                check_sender(g, caller, msg)
+                return handle(msg)
+            return checked
+        table = {path: (typ, as_peer(getattr(g, name))) for path, (typ, name) in PEER_MESSAGES.items()}
         # clients' submissions and result waits too (the Python client sends them this way)
         table |= {"/jobs": (SubmitRequest, submit_message), "/results/wait": (WaitRequest, wait_message)}
         peer_counter = g.metrics.peer_messages.labels("stream")
@@ -270,7 +345,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         def counted(path: str) -> None:
             if path.startswith("/peer/"):
                 peer_counter.inc()
-        return StreamBinding(table, parse, answer_error, g.s.max_body, counted, g.s.max_conns_per_client)
+        return StreamBinding(table, parse, answer_error, g.s.max_body, counted, g.s.max_conns_per_client, gate)
 
     streams = StreamServer(bind)
     extra["streams"] = streams  # the node closes them on shutdown
@@ -283,6 +358,19 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         web.get("/peer/ring", p_ring_get), web.get(STREAM_PATH, streams.route),
         *(web.post(path, peer(typ, name)) for path, (typ, name) in PEER_MESSAGES.items()),
     ]
+
+
+def check_sender(grid: Grid, caller: Caller | None, msg: Any) -> None:
+    """A peer message must name the node it comes from (and, under mutual TLS, one its certificate covers)."""
+    named = message_sender(msg)
+    if caller is None or named is None:
+        return
+    m = grid.mem.member(named)
+    if m is None and isinstance(msg, JoinAnnounce):
+        m = next((x for x in msg.ring.members if x.id == named), None)
+    why = named_ok(caller, named, m.ip if m is not None else None)
+    if why is not None:
+        raise ProtocolError(why, 403)
 
 
 def _status(rec, state: str) -> JobStatus:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -11,6 +12,7 @@ import aiohttp
 from ..codec import MSGPACK, decode, encode
 from ..errors import GridUnavailable, ProtocolError
 from ..logs import CAUSE_HEADER, current_cause
+from .auth import NODE_HEADER
 from .stream import Link
 
 T = TypeVar("T")
@@ -41,6 +43,10 @@ class Peers:
         self._links: dict[str, Link] = {}
         self._closed = False
         self.dial = dict(dial or {})  # a peer's advertised address -> the address to dial (--dial)
+        self.identity: Callable[[], str] | None = None  # this node's id, named in every call
+
+    def _node_header(self) -> dict[str, str]:
+        return {NODE_HEADER: self.identity()} if self.identity is not None else {}
 
     def _session(self, base: str) -> aiohttp.ClientSession:
         s = self._sessions.get(base)
@@ -69,8 +75,12 @@ class Peers:
         cause = current_cause()  # the message carries its causal id onward
         if self.stream and method == "POST" and data is not None and path.startswith("/peer/"):
             link = self._links.get(base)
+            me = self._node_header()
+            if link is not None and link.headers != me:  # we rejoined under a new id: a new stream names it
+                await link.close()
+                link = None
             if link is None:
-                link = self._links[base] = Link(s)
+                link = self._links[base] = Link(s, headers=me)
             try:
                 async with asyncio.timeout(timeout or self.timeout):
                     status, raw = await link.call(path, data, cause)
@@ -78,7 +88,8 @@ class Peers:
                 raise PeerError(f"{host}:{port}{path}: {type(e).__name__}: {e}") from None
             return self._answer(host, port, path, status, raw, reply)
         try:
-            async with s.request(method, path, data=data, headers={CAUSE_HEADER: cause} if cause else None,
+            headers = {**self._node_header(), **({CAUSE_HEADER: cause} if cause else {})}
+            async with s.request(method, path, data=data, headers=headers,
                                  timeout=aiohttp.ClientTimeout(total=timeout or self.timeout)) as r:
                 raw = await r.read()
                 status = r.status

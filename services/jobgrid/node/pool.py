@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import signal
 import struct
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 import msgspec
 import structlog
 
+from ..errors import ConfigError
 from ..protocol import JobRecord, Result
 from ..worker import (
     MAX_FRAME,
@@ -121,13 +123,16 @@ class WorkerPool:
     """`size` warm job processes; `run` executes one JobRecord on one of them."""
 
     def __init__(self, size: int, *, work_root: Path, node_id: str,
-                 env: Mapping[str, str] | None = None, log: Any = None) -> None:
+                 env: Mapping[str, str] | None = None, log: Any = None, user: str | None = None) -> None:
         if size < 1:
             raise ValueError(f"pool size must be at least 1, got {size}")
         self.size = size
         self.work_root = Path(work_root).resolve()
         self.node_id = node_id
         self.extra_env = dict(env or {})
+        # jobs as another account (the node runs as root): uid, gid
+        self.user = (pwd.getpwnam(user).pw_uid, pwd.getpwnam(user).pw_gid) if user else None
+        self.user_name = user
         self.log = log if log is not None else structlog.get_logger("jobgrid.pool")
         self._slots = [_Slot(i, self.work_root / str(i), self.work_root / ".io" / str(i)) for i in range(size)]
         self._idle: asyncio.Queue[_Slot | None] = asyncio.Queue()
@@ -154,6 +159,8 @@ class WorkerPool:
             raise PoolClosed("pool is closed")
         self._started = True
         self.work_root.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            self._check_reachable()
         results = await asyncio.gather(*(self._spawn(s) for s in self._slots), return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
@@ -252,6 +259,21 @@ class WorkerPool:
 
     # ---- internals ------------------------------------------------------------------------------
 
+    def _check_reachable(self) -> None:
+        """The job account must be able to walk down to its work dirs (and nothing more is opened to it)."""
+        python = Path(os.path.realpath(sys.executable))
+        for what, target in (("its work dir", self.work_root), ("the Python interpreter", python)):
+            for d in [target.parent if target == python else target, *target.parent.parents]:
+                if not d.stat().st_mode & 0o001:
+                    raise ConfigError(f"--job-user {self.user_name}: it cannot reach {what} {target} because {d} "
+                                      "is not searchable by other users (chmod o+x, or move it)")
+
+    def _own(self, *dirs: Path) -> None:
+        if self.user is not None:
+            for d in dirs:
+                os.chown(d, *self.user)
+                d.chmod(0o700)
+
     def _child_env(self, slot: _Slot) -> dict[str, str]:
         env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
         env["HOME"] = str(slot.workdir)
@@ -264,12 +286,14 @@ class WorkerPool:
         slot.set_state("starting")
         slot.workdir.mkdir(parents=True, exist_ok=True)
         slot.capture_dir.mkdir(parents=True, exist_ok=True)
+        self._own(slot.workdir, slot.capture_dir)
+        as_user = ["--user", f"{self.user[0]}:{self.user[1]}"] if self.user is not None else []
         p2c_r, p2c_w = os.pipe()
         c2p_r, c2p_w = os.pipe()
         spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
             sys.executable, "-P", "-u", "-m", "jobgrid.worker",
             "--rfd", str(p2c_r), "--wfd", str(c2p_w),
-            "--workdir", str(slot.workdir), "--capture", str(slot.capture_dir),
+            "--workdir", str(slot.workdir), "--capture", str(slot.capture_dir), *as_user,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=None,
             cwd=slot.workdir, env=self._child_env(slot), close_fds=True, pass_fds=(p2c_r, c2p_w),
             start_new_session=True))

@@ -61,6 +61,7 @@ class StreamBinding(NamedTuple):
     max_msg: int
     counted: Callable[[str], None]  # sees the path of every call
     max_in_flight: int | None  # calls still being answered per stream (above: 429), like the per-client cap
+    gate: Callable[[str], None] = lambda path: None  # raises if the caller may not send `path` (before decoding)
 
 
 class StreamServer:
@@ -93,7 +94,7 @@ def _route(open_: set[web.WebSocketResponse],
                 await ws.send_bytes(_enc.encode(out))
 
     async def route(request: web.Request) -> web.StreamResponse:
-        table, parse, error_answer, max_msg, counted, max_in_flight = bind(request)
+        table, parse, error_answer, max_msg, counted, max_in_flight, gate = bind(request)
         ws = web.WebSocketResponse(compress=False, max_msg_size=max_msg, autoping=True)
         await ws.prepare(request)
         tasks: set[asyncio.Task] = set()
@@ -115,6 +116,7 @@ def _route(open_: set[web.WebSocketResponse],
                         if entry is None:
                             raise web.HTTPNotFound(reason=f"no message {path[:100]!r} on the stream")
                         typ, handle = entry
+                        gate(path)
                         if max_in_flight is not None and len(tasks) >= max_in_flight:
                             raise web.HTTPTooManyRequests(
                                 reason=f"too many calls in flight on this stream (limit {max_in_flight}); retry later")
@@ -152,9 +154,11 @@ class _Conn:
 class Link:
     """The calling side of one peer's stream; (re)connects on demand."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str = STREAM_PATH) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str = STREAM_PATH,
+                 headers: dict[str, str] | None = None) -> None:
         self._session = session
         self._url = url
+        self.headers = dict(headers or {})  # sent with the upgrade (a peer names its node here)
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -167,7 +171,8 @@ class Link:
             c = self._conn
             if c is not None and not c.ws.closed:
                 return c
-            ws = await self._session.ws_connect(self._url, compress=0, max_msg_size=0, autoping=True)
+            ws = await self._session.ws_connect(self._url, compress=0, max_msg_size=0, autoping=True,
+                                                headers=self.headers or None)
             c = _Conn(ws)
             c.reader = asyncio.ensure_future(self._read(c))
             self._conn = c
