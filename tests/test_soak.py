@@ -15,7 +15,7 @@ from harness.soak import run_soak
 from conftest import needs_root
 
 SEED = 20261201
-FAULTS = ["kill", "kill2", "pause", "partition", "restart"]
+FAULTS = ["kill", "kill2", "pause", "partition", "restart", "restart-all"]
 
 
 @needs_root
