@@ -97,8 +97,9 @@ def run(cfg: RunConfig, console: Console) -> int:
     what = f"faults {cfg.faults} at random" if cfg.faults else (
         f"kill {cfg.kill}, pause {cfg.pause}, partition {cfg.partition or '-'}"
         + (f" via {cfg.via}" if cfg.partition else ""))
+    load = (f"two clients submitting {cfg.rate:g} jobs/s" if cfg.faults else f"{cfg.jobs} {cfg.kind} jobs")
     console.print(f"run {outdir} on the [bold]{backend}[/bold] backend ({links} links): {cfg.nodes} nodes, "
-                  f"R={cfg.replicas}, {cfg.jobs} {cfg.kind} jobs, {what}, {cfg.duration:g} s, seed {seed}")
+                  f"R={cfg.replicas}, {load}, {what}, {cfg.duration:g} s, seed {seed}")
     rec = HistoryRecorder(outdir / "history.jsonl")
     if cfg.faults:
         return _soak(cfg, cluster, rec, seed, outdir, workdir, console)
