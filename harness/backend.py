@@ -51,6 +51,7 @@ class Backend(Protocol):
     def pause(self, node: Any) -> None: ...
     def resume(self, node: Any) -> None: ...
     def restart(self, node: Any, timeout: float = 60.0) -> None: ...
+    def restart_many(self, nodes: Sequence[Any], timeout: float = 60.0) -> None: ...
     def restart_all(self, timeout: float = 120.0) -> None: ...
     def cut(self, links: set[tuple[str, str]]) -> None: ...
     def uncut(self) -> None: ...
@@ -141,10 +142,19 @@ class ClusterBase:
 
     def restart(self, node: Any, timeout: float = 60.0) -> None:
         """Start a killed node again on its data (dir or volume), joining through a live node."""
-        contact = next((n for n in self.live() if n is not node), None)
-        self.start(node, join=contact)  # type: ignore[attr-defined]
-        self.wait_healthy(node, timeout)  # type: ignore[attr-defined]
-        self._fault("restart", node)
+        self.restart_many([node], timeout)
+
+    def restart_many(self, nodes: Sequence[Any], timeout: float = 60.0) -> None:
+        """Start killed nodes again together (each joining through a node that is up), then wait for all."""
+        contact = next((n for n in self.live() if n not in nodes), None)
+        past = self.__dict__.setdefault("past_ids", {})  # a restarted node gets a new id: keep the old name
+        for node in nodes:
+            if node.node_id:
+                past[node.node_id] = node.name
+            self.start(node, join=contact)  # type: ignore[attr-defined]
+        for node in nodes:
+            self.wait_healthy(node, timeout)  # type: ignore[attr-defined]
+            self._fault("restart", node)
 
     def healthy(self, node: Any) -> bool:
         try:
@@ -186,7 +196,10 @@ class ClusterBase:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.converged(nodes):
+                past = self.__dict__.setdefault("past_ids", {})  # a node that rejoined has a new id
                 for n in nodes if nodes is not None else self.live():
+                    if n.node_id:
+                        past[n.node_id] = n.name
                     n.node_id = self.get(n, "/state")["id"]  # type: ignore[attr-defined]
                 return time.monotonic() - start
             time.sleep(self.poll_interval)

@@ -21,10 +21,7 @@ class Kill(Fault):
     def _heal(self) -> None:
         if self.params.get("stay_down"):
             return
-        for name in self.nodes:
-            n = self.node(name)
-            if n.state == "killed":
-                self.cluster.restart(n)
+        self.cluster.restart_many([n for n in map(self.node, self.nodes) if n.state == "killed"])
 
     def describe(self) -> str:
         return f"SIGKILL {', '.join(self.nodes) or '?'}"

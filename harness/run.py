@@ -131,6 +131,7 @@ def run(cfg: RunConfig, console: Console) -> int:
             th = threading.Thread(target=work, daemon=True)
             th.start()
             th.join(cfg.duration)
+            nem.join(max(0.0, t0 + 2 * cfg.duration - time.monotonic()))  # every planned fault gets its window
             nem.stop_and_heal()
             console.print("all faults healed; draining")
             try:
