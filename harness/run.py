@@ -28,7 +28,7 @@ from .faults import make, parse_names
 from .faults_net import partition_class
 from .history import HistoryRecorder, load_history, summary_line
 from .nemesis import Nemesis
-from .soak import run_soak
+from .soak import latency_per_window, run_soak
 from .workload import judge, plots, promotions, ran_by_node, remember_ids, run_workload
 
 
@@ -159,7 +159,8 @@ def run(cfg: RunConfig, console: Console) -> int:
                     "jobs": cfg.jobs, "kinds": timing.get("kinds", {}),
                     "duplicates_dropped": {k: v.get("duplicates_dropped", 0) for k, v in states.items()},
                     "results-checked": timing.get("checked", 0), "unchecked": timing.get("unchecked", {}),
-                    "wrong-results": timing.get("wrong", {}), "raised-then-ran": timing.get("raised_then_ran", [])})
+                    "wrong-results": timing.get("wrong", {}), "raised-then-ran": timing.get("raised_then_ran", []),
+                    "latency": latency_per_window(timing.get("latencies", []), nem.windows)})
         (outdir / "results.json").write_text(json.dumps(out, indent=1, default=str))
         plots(outdir, t0, timing, nem.windows)
     finally:
@@ -173,6 +174,8 @@ def run(cfg: RunConfig, console: Console) -> int:
         if backend == "local":
             shutil.rmtree(workdir, ignore_errors=True)
     ok = verdict.valid and not timing.get("wrong_count")
+    console.print("submit latency per fault window (p99 / max): " + "; ".join(
+        f"{r['window']} {r['p99_ms']:.0f} / {r['max_ms']:.0f} ms" for r in out["latency"]))
     report(console, cluster, timing, verdict, proms, outdir, seed, ok)
     return 0 if ok else 1
 
