@@ -84,6 +84,9 @@ class NodeSettings:
     peer_transport: str = "stream"  # "stream": peer messages over one WebSocket per peer; "http": a request each
     # a peer's advertised (host, port) -> the (host, port) to dial instead (NAT, sidecars, the harness's proxies)
     dial: tuple[tuple[tuple[str, int], tuple[str, int]], ...] = ()
+    # restarting after an outage, bring the grid up from the members that are back even without a majority of
+    # the saved ring (the rest are removed): an operator's decision for members that are gone for good
+    force_new_cluster: bool = False
     log_level: str = "info"
 
     def __post_init__(self) -> None:
