@@ -53,7 +53,7 @@ class Node:
         self.peers = Peers(token=settings.peer_secret, scheme=settings.scheme, ssl_context=client_ssl(settings),
                            timeouts=PeerTimeouts.of(settings.timing),
                            local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None,
-                           stream=settings.peer_transport == "stream")
+                           stream=settings.peer_transport == "stream", dial=dict(settings.dial))
         self.grid = Grid(settings, self.peers, self.metrics)  # names itself in every peer call (X-Jobgrid-Node)
         self.pool: WorkerPool | None = None
         self.runner: Runner | None = None
