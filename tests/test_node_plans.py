@@ -64,18 +64,18 @@ def test_every_member_follows_the_rings_r_and_removals_keep_it():
 
 
 # ---- orphans -----------------------------------------------------------------------------------------------
-def test_orphans_are_adopted_handed_off_or_asked_about():
+def test_orphans_go_to_the_node_covering_their_owner_or_are_checked_here():
     me = Member(id="c-2", location=2000, ip="127.0.0.1", port=9002)  # c's second incarnation
     mem = Membership(me="c-2", ring=ring([M[0], me, M[4]]), replicas=3, failure_timeout=2, fence_window=1.2)
-    departed = {"b": M[1], "d": M[3]}  # b's position is covered by c-2 now, d's by e
-    steps = plan({"a", "b", "c", "c-1", "c-2", "d", "stranger"}, mem, "c-2", departed, lambda o: o in ("c", "c-1"))
-    assert steps == [Step("b", "adopt"), Step("c", "ask"), Step("c-1", "ask"), Step("d", "handoff", M[4]),
-                     Step("stranger", "ask")]
+    # b's and c's positions are covered by c-2 now, d's by e; "stranger" is known to nobody here
+    departed = {"b": M[1], "c": M[2], "d": M[3]}
+    steps = plan({"a", "b", "c", "c-2", "d", "stranger"}, mem, "c-2", departed)
+    assert steps == [Step("b", "check"), Step("c", "check"), Step("d", "handoff", M[4]), Step("stranger", "check")]
 
 
 def test_nothing_to_reconcile_for_members_and_ourselves():
     mem = Membership(me="a", ring=ring(), replicas=3, failure_timeout=2, fence_window=1.2)
-    assert plan({"a", "b", "e"}, mem, "a", {}, lambda o: False) == []
+    assert plan({"a", "b", "e"}, mem, "a", {}) == []
 
 
 # ---- queue counts -------------------------------------------------------------------------------------------

@@ -30,13 +30,18 @@ class Verdict:
     undetermined: tuple[str, ...] = ()  # some node that might hold a copy did not answer (or the ring moved)
 
 
-def merge(found: dict[str, Found], answers: Iterable[LookupResponse | None]) -> dict[str, Found]:
-    """Add the peers' answers to `found`: a result beats a job record, which beats a bare "held"."""
+def merge(found: dict[str, Found], answers: Iterable[LookupResponse | None], *,
+          members_only: bool = False) -> dict[str, Found]:
+    """Add the peers' answers to `found`: a result beats a job record, which beats a bare "held".
+    `members_only`: copies held under an owner that is no member (orphans) do not count."""
     for a in answers:
         if a is None:
             continue
         for i in a.pending:
             found.setdefault(i, None)
+        if not members_only:
+            for i in a.orphaned:
+                found.setdefault(i, None)
         for j in a.jobs:
             if found.get(j.spec.id) is None:
                 found[j.spec.id] = j

@@ -67,6 +67,15 @@ class Membership:
     def members(self) -> list[Member]:
         return sorted(self.ring.members, key=lambda m: m.location)
 
+    @property
+    def member_ids(self) -> frozenset[str]:
+        ring = self.ring
+        cached = self.__dict__.get("_ids")
+        if cached is None or cached[0] is not ring:
+            cached = (ring, frozenset(m.id for m in ring.members))
+            self.__dict__["_ids"] = cached
+        return cached[1]
+
     def member(self, node_id: str) -> Member | None:
         for m in self.ring.members:
             if m.id == node_id:

@@ -69,6 +69,10 @@ class JobRecord(msgspec.Struct, omit_defaults=True):
     submitted_at: float = 0.0
     not_before: float = 0.0
     cancel_requested: bool = False
+    # leased to another node's runner (a steal): copies keep it, so a promoted job that is still running
+    # there is not run a second time by the node that promotes it
+    holder: NodeId | None = None
+    lease_until: float | None = None
 
 
 class Result(msgspec.Struct, omit_defaults=True):
@@ -223,6 +227,15 @@ class ReplicateRequest(msgspec.Struct, forbid_unknown_fields=True):
     results: Annotated[list[Result], msgspec.Meta(max_length=MAX_BATCH)] = []
     drop: Annotated[list[JobId], msgspec.Meta(max_length=MAX_BATCH)] = []
     prune_all: bool = False  # forget every replica of the sender: this node is no longer its successor
+    leases: Annotated[list[LeaseNote], msgspec.Meta(max_length=MAX_BATCH)] = []  # jobs stolen by other runners
+
+
+class LeaseNote(msgspec.Struct, array_like=True):
+    """A job of the sender leased to another node's runner, until (epoch seconds)."""
+
+    id: JobId
+    holder: NodeId
+    until: float
 
 
 class Lease(msgspec.Struct):
@@ -275,6 +288,7 @@ class LookupResponse(msgspec.Struct):
     results: list[Result]
     jobs: list[JobRecord]
     pending: list[str] = []  # ids with a result recorded there whose copies are still being written
+    orphaned: list[str] = []  # ids held there only under an owner that is no member of its ring
 
 
 class RecoveryState(msgspec.Struct):

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
+import msgspec
 import structlog
 
 from ..logs import bind_cause
@@ -24,6 +25,11 @@ from ..settings import NodeSettings
 from .metrics import Metrics
 from .peers import Peers
 from .store import Store
+
+
+_DEPARTED_KEPT = 512
+_departed_enc = msgspec.msgpack.Encoder()
+_departed_dec = msgspec.msgpack.Decoder(list[Member])
 
 
 class Identity:
@@ -75,7 +81,10 @@ class NodeContext:
                               replicas=settings.replicas or 3, failure_timeout=self.t.failure_timeout,
                               fence_window=max(self.t.heartbeat_interval * 2, self.t.failure_timeout * 0.6),
                               started=time.monotonic())
-        self.departed: dict[str, Member] = {}  # members removed from the ring, by id (for handoffs and reports)
+        # members removed from the ring, by id (where their copies go: handoffs, reports, orphans); kept in the
+        # store, so a node restarted after a removal still knows whose position its orphan rows belong to
+        raw = store.get_meta("departed")
+        self.departed: dict[str, Member] = {m.id: m for m in _departed_dec.decode(raw)} if raw else {}
         self.signals = Signals()
         self.joined = asyncio.Event()
         self.stopping = False
@@ -87,6 +96,14 @@ class NodeContext:
     @property
     def id(self) -> str:
         return self.identity.id
+
+    def note_departed(self, members: list[Member]) -> None:
+        for m in members:
+            self.departed.pop(m.id, None)
+            self.departed[m.id] = m
+        keep = list(self.departed.values())[-_DEPARTED_KEPT:]
+        self.departed = {m.id: m for m in keep}
+        self.store.set_meta("departed", _departed_enc.encode(keep))
 
     def new_incarnation(self) -> None:
         """Rejoining after removal: a new id, so the old rows count as orphans to reconcile."""

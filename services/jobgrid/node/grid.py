@@ -55,7 +55,8 @@ class Grid:
         self.waiters = Waiters(store, self.search)
         self.jobs = JobService(ctx, self.keeper, self.replication, self.search, self.waiters, self.counts)
         self.owners = Owners(ctx, self.jobs)
-        self.orphans = Orphans(ctx, self.replication, self.search, self.jobs, self.owners.report)
+        self.jobs.report_to = self.owners.report
+        self.orphans = Orphans(ctx, self.replication, self.jobs)
         self.replication.reconcile = self.orphans.reconcile
 
     # the few views the HTTP shell and the dashboard read

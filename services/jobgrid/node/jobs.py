@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 from .batching import GroupCommit
@@ -19,7 +19,7 @@ from ..errors import JobgridError, ProtocolError, Unavailable
 from ..logs import bind_cause, current_cause
 from ..membership import RingChange
 from ..protocol import (
-    CancelRequest, JobRecord, JobSpec, Lease, RenewRequest, ReplicateRequest, ReportRequest, ReportResponse,
+    CancelRequest, JobRecord, JobSpec, Lease, LeaseNote, RenewRequest, ReplicateRequest, ReportRequest, ReportResponse,
     Result, RingState, StealRequest, StealResponse,
 )
 from . import lifecycle as lc
@@ -55,6 +55,8 @@ class JobService:
         self.submits: GroupCommit[JobSpec, tuple[list[str], list[str]]] = GroupCommit(self._flush_submits)
         self.reports: GroupCommit[Result, ReportResponse] = GroupCommit(self._flush_reports)
         self.local_runner: LocalRunner | None = None  # set by the node's Runner
+        # (owner id, results) -> a finished run of ours reported to a job's owner (Owners.report, set by Grid)
+        self.report_to: Callable[[str, list[Result]], Awaitable[object]] | None = None
         self.duplicates_dropped = 0
         self.done_times: deque[float] = deque(maxlen=100_000)
         keeper.listeners.append(self._ring_changed)
@@ -133,7 +135,16 @@ class JobService:
             recs = self.store.lease(self.ctx.id, i.holder, i.count, i.until, time.time())
             out = [Lease(record=r, lease_until=i.until) for r in recs]
             self._log_jobs("job_stolen" if i.stolen else "job_leased", [r.spec.id for r in recs], runner=holder)
+            if i.stolen and recs:  # copies learn who runs them: if we fail, the promoter leaves them to the thief
+                notes = [LeaseNote(id=r.spec.id, holder=i.holder, until=i.until) for r in recs]
+                self.ctx.spawn(self._note_leases(notes), "lease-note")
         return out
+
+    async def _note_leases(self, notes: list[LeaseNote]) -> None:
+        try:
+            await self.replication.replicate(ReplicateRequest(sender=self.ctx.id, epoch=0, leases=notes))
+        except JobgridError as e:  # a copy without the note only means a re-run if this node fails meanwhile
+            self.ctx.log.debug("lease_note_not_copied", error=str(e), jobs=len(notes))
 
     def lease(self, holder: str, count: int) -> list[Lease]:
         """Jobs for a runner: this node's own (holder == this node) or a thief's."""
@@ -290,7 +301,7 @@ class JobService:
         if not waiting:
             return 0
         deps = sorted({d for rec in waiting for d in rec.spec.after})
-        found: dict[str, Result] = dict(self.store.get_results(deps))
+        found: dict[str, Result] = dict(self.store.servable_results(deps, self.ctx.mem.member_ids))
         missing = [d for d in deps if d not in found]
         if missing and self.ctx.mem.peers():
             v = await self.search.find(missing, {}, want_results=True)
@@ -316,14 +327,22 @@ class JobService:
             except JobgridError as e:
                 self.ctx.log.warning("dependency_check_failed", error=str(e))
 
-    def _expire_leases(self, holders: Sequence[str] = ()) -> list[str]:
+    def _expire_strangers(self) -> list[str]:
+        """Leases held by nodes that are not (or no longer) in the ring go back to the queue."""
+        return self._expire_leases(members=self.ctx.mem.member_ids)
+
+    def _expire_leases(self, holders: Sequence[str] = (), members: frozenset[str] | None = None) -> list[str]:
         back: list[str] = []
-        for i in self._event(lc.LeasesLapsed, holders=holders):
+        for i in self._event(lc.LeasesLapsed, holders=holders, members=members):
             assert isinstance(i, lc.ExpireLeases)
-            back = self.store.expire_leases(self.ctx.id, i.before, holders=i.holders)
+            if i.members is not None:
+                back = self.store.expire_leases_of_strangers(self.ctx.id, i.members)
+            else:
+                back = self.store.expire_leases(self.ctx.id, i.before, holders=i.holders)
         if back:
             self.ctx.metrics.lease_expired.inc(len(back))
-            self._log_jobs("job_lease_expired", back, **({"holders": list(holders)} if holders else {}))
+            why = {"reason": "holder left the ring"} if members is not None else {}
+            self._log_jobs("job_lease_expired", back, **why, **({"holders": list(holders)} if holders else {}))
             self.counts.changed()
             self.ctx.signals.wake_runner.set()
         return back
@@ -351,12 +370,15 @@ class JobService:
 
     # ---- owner changed -----------------------------------------------------------------------------------------
     def adopt(self, old: str, ids: Sequence[str] | None, *, via: str | None = None) -> int:
-        """Rows of `old` (all, or `ids`) become this node's: promotion, handoff, orphan adoption."""
+        """Rows of `old` (all, or `ids`) become this node's: promotion, handoff, orphan adoption. A job a
+        thief still runs stays leased to it (it renews with us now); one leased to a node that is gone
+        goes back to the queue."""
         ctx = self.ctx
         n = 0
         for i in self._event(lc.OwnerChanged, old=old, new=ctx.id, ids=ids):
             assert isinstance(i, lc.Adopt)
-            n = self.store.adopt(i.old, i.new, i.ids)
+            n = self.store.adopt(i.old, i.new, i.ids, lease_grace=time.time() + ctx.t.lease_ttl)
+        self._expire_strangers()
         if n:
             ctx.metrics.promoted.inc(n)
             ctx.promoted(old, n, epoch=ctx.mem.ring.epoch, **({"via": via} if via else {}))
@@ -366,9 +388,27 @@ class JobService:
         ctx.signals.wake_runner.set()
         return n
 
+    async def adopt_unowned(self, old: str, ids: Sequence[str], *, via: str | None = None) -> tuple[int, list[str]]:
+        """Rows of `old` held here that no member of the ring has: adopt those, drop the ones a member has
+        (a job promoted elsewhere must not get a second owner; a finished run of ours goes to its owner),
+        and return (adopted, the ids nobody can tell about yet)."""
+        if not ids:
+            return 0, []
+        v = await self.search.find(list(ids), {}, here=False, members_only=True)
+        ours = self.store.get_results([i for i, f in v.found.items() if isinstance(f, JobRecord)])
+        for i, r in ours.items():  # the grid still has it queued, we hold a finished run of it
+            there = v.found[i]
+            assert isinstance(there, JobRecord)
+            if self.report_to is not None:
+                await self.report_to(there.owner, [r])
+        self.store.drop_owner(old, list(v.found))
+        n = self.adopt(old, list(v.absent), via=via) if v.absent else 0
+        if v.absent:
+            self.ctx.event("orphans_adopted", owner=old, jobs=len(v.absent))
+        return n, list(v.undetermined)
+
     def _ring_changed(self, change: RingChange, ring: RingState) -> None:
-        gone = [m.id for m in change.removed]
-        if gone:  # leases held by runners that left the ring: back to the queue at once
-            self._expire_leases(gone)
         for m in change.promote:
             self.adopt(m.id, None)
+        if change.removed:  # leases held by runners that left the ring: back to the queue at once
+            self._expire_strangers()

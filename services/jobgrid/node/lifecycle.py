@@ -94,9 +94,11 @@ class Reported(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class LeasesLapsed(Event):
-    """A sweep: leases past their time, or held by runners that left the ring (`holders`)."""
+    """A sweep: leases past their time, held by runners that left the ring (`holders`), or held by any
+    runner outside `members` (after a ring change or an adoption)."""
 
     holders: Sequence[str] = ()
+    members: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -185,6 +187,7 @@ class Finish(Instruction):
 class ExpireLeases(Instruction):
     before: float
     holders: list[str] | None = None
+    members: list[str] | None = None  # expire every lease held outside these (then `before` is not used)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -303,6 +306,8 @@ class Lifecycle:
 
     @handle.register
     def _(self, ev: LeasesLapsed) -> list[Instruction]:
+        if ev.members is not None:
+            return [ExpireLeases(cause=ev.cause, before=ev.now, members=sorted(ev.members))]
         return [ExpireLeases(cause=ev.cause, before=ev.now, holders=list(ev.holders) if ev.holders else None)]
 
     @handle.register

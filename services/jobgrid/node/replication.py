@@ -27,6 +27,9 @@ class Owning(Protocol):
 
     def adopt(self, old: str, ids: Sequence[str] | None, *, via: str | None = None) -> int: ...
 
+    async def adopt_unowned(self, old: str, ids: Sequence[str], *,
+                            via: str | None = None) -> tuple[int, list[str]]: ...
+
     def copies_arrived(self, result_ids: Sequence[str]) -> None: ...
 
 
@@ -128,8 +131,10 @@ class Replication:
             raise ProtocolError(f"this node is not a successor of {req.sender} in ring epoch {mem.ring.epoch}", 409)
         if req.jobs:
             self.store.upsert_replicas(req.jobs)
+        if req.leases:
+            self.store.note_leases(req.sender, [(n.id, n.holder, n.until) for n in req.leases])
         if req.results or req.drop:
-            self.store.put_result_replicas(req.sender, req.results, req.drop)
+            self.store.put_result_replicas(req.sender, req.results, req.drop, me=ctx.id)
             if req.results and self.owning is not None:
                 self.owning.copies_arrived([r.job_id for r in req.results])
         return _OK
@@ -201,11 +206,16 @@ class Replication:
                     return
                 if p.id == ctx.id:
                     assert self.owning is not None
-                    self.owning.adopt(dead.id, None)
+                    ids = [j.spec.id for j in self.store.jobs_of(dead.id)] + [
+                        r.job_id for r in self.store.results_of(dead.id)]
+                    await self.owning.adopt_unowned(dead.id, ids)
                     return
                 promoter = p
 
-    def on_handoff(self, req: HandoffRequest) -> ReportResponse:
+    async def on_handoff(self, req: HandoffRequest) -> ReportResponse:
+        """A departed owner's copies, sent by a node that held them, to this node that covers the owner's
+        position now. What this node holds already of them it takes as promoted; the rest it takes only if
+        no member of the ring has them (a job promoted elsewhere must not get a second owner)."""
         ctx, mem = self.ctx, self.mem
         if ctx.id in (req.sender, req.dead):
             raise ProtocolError("a handoff from or of this node itself refused", 403)
@@ -216,10 +226,21 @@ class Replication:
             raise ProtocolError(f"node {req.dead} is a member of ring epoch {mem.ring.epoch}: nothing to hand off",
                                 409)
         assert self.owning is not None
-        got = self.store.put_jobs(req.jobs)  # as the dead owner's rows; adopt() below makes them ours
-        if req.results:
-            have = self.store.get_results([r.job_id for r in req.results])
-            self.store.put_result_replicas(req.dead, [r for r in req.results if r.job_id not in have], [])
-        self.owning.adopt(req.dead, [j.spec.id for j in req.jobs] + [r.job_id for r in req.results],
-                          via=req.sender)
-        return ReportResponse(recorded=got, duplicates=[], unknown=[])
+        ids = [j.spec.id for j in req.jobs] + [r.job_id for r in req.results]
+        known = self.store.held_ids(ids, frozenset({req.dead}))  # copies of the dead owner's we hold already
+        self.owning.adopt(req.dead, sorted(known), via=req.sender)
+        fresh = [i for i in ids if i not in known]
+        got: list[str] = []
+        if fresh:  # held here under another owner (ours, a member's) or not at all: the grid decides
+            want = set(fresh)
+            got = self.store.put_jobs([j for j in req.jobs if j.spec.id in want])
+            have = self.store.get_results(fresh)
+            self.store.put_result_replicas(req.dead, [r for r in req.results if r.job_id in want
+                                                      and r.job_id not in have], [], me=ctx.id)
+            held = sorted(self.store.held_ids(fresh, frozenset({req.dead})))
+            _, undecided = await self.owning.adopt_unowned(req.dead, held, via=req.sender)
+            if undecided:  # not kept: the sender keeps its copies and hands them again later
+                self.store.drop_owner(req.dead, undecided)
+                raise Unavailable(f"cannot tell yet whether another node owns {len(undecided)} of these jobs; "
+                                  "hand them off again later", retry_after=0.5)
+        return ReportResponse(recorded=sorted(known) + got, duplicates=[], unknown=[])

@@ -123,8 +123,8 @@ class RingKeeper:
         ctx.metrics.epoch.set(new.epoch)
         ctx.event("ring_changed", epoch=new.epoch, members=len(new.members),
                   added=[m.id for m in change.added], removed=[m.id for m in change.removed])
-        for m in change.removed:
-            ctx.departed[m.id] = m
+        if change.removed:
+            ctx.note_departed(list(change.removed))
         if not change.i_am_member:
             if ctx.joined.is_set() and not ctx.stopping:
                 ctx.event("removed_from_ring", epoch=new.epoch)

@@ -273,10 +273,10 @@ class Runner:
             for jid, (owner, _) in list(self.running.items()):
                 by_owner[owner].append(jid)
             for owner, ids in by_owner.items():
-                m = ctx.mem.member(owner)
-                if m is None:
-                    continue  # the owner left the ring: its lease lapses wherever the job went
-                resp = await self.owners.member(m).renew(ids)
+                o = self.owners.of(owner)  # an owner that left: whoever promoted its jobs keeps our lease
+                if o is None:
+                    continue
+                resp = await o.renew(ids)
                 if resp is not None:
                     self.kill(resp.cancel)
 

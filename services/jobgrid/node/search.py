@@ -20,23 +20,32 @@ class Search:
         self.store = ctx.store
         self.serving = serving  # () -> bool: this node is a member with quorum (RingKeeper.can_serve)
 
-    def held_here(self, ids: list[str]) -> dict[str, Found]:
-        """What this node holds of `ids`: results (None while their copies are being written), else jobs
-        (owned, replicas, orphans: any copy means the job exists)."""
+    def held_here(self, ids: list[str], orphaned: set[str] | None = None) -> dict[str, Found]:
+        """What this node holds of `ids`: results that may be handed out, else None while a result's copies
+        are being written, else job records (owned or replicas). A copy held under an owner that is no
+        member of the ring (an orphan: not handed out until reconciled) is None and goes in `orphaned`."""
+        members = self.ctx.mem.member_ids
         out: dict[str, Found] = {}
-        results = self.store.get_results(ids)
-        pending = self.store.uncopied(list(results)) if results else set()
-        for i, r in results.items():
-            out[i] = None if i in pending else r
+        for i, (r, owner, copied) in self.store.held_results(ids).items():
+            out[i] = r if copied and owner in members else None
+            if owner not in members and orphaned is not None:
+                orphaned.add(i)
         for i, (rec, _) in self.store.get_jobs([i for i in ids if i not in out]).items():
-            out[i] = rec
+            if rec.owner in members:
+                out[i] = rec
+            else:
+                out[i] = None
+                if orphaned is not None:
+                    orphaned.add(i)
         return out
 
     def on_lookup(self, req: LookupRequest) -> LookupResponse:
-        held = self.held_here(req.ids)
+        orphaned: set[str] = set()
+        held = self.held_here(req.ids, orphaned)
         return LookupResponse(results=[v for v in held.values() if isinstance(v, Result)],
                               jobs=[v for v in held.values() if isinstance(v, JobRecord)],
-                              pending=[i for i, v in held.items() if v is None])
+                              pending=[i for i, v in held.items() if v is None and i not in orphaned],
+                              orphaned=sorted(orphaned))
 
     async def _lookup_one(self, m: Member, ids: list[str]) -> LookupResponse | None:
         try:
@@ -45,12 +54,13 @@ class Search:
             return None
 
     async def find(self, ids: list[str], local: dict[str, Found] | None = None, *,
-                   want_results: bool = False, here: bool = True) -> Verdict:
+                   want_results: bool = False, here: bool = True, members_only: bool = False) -> Verdict:
         """Search the ring for `ids`. Ids no member holds are *absent* only after two complete rounds
         (every member answered, this node serving, the ring unchanged); otherwise *undetermined*.
         `want_results`: also ask the others about ids held here without a result (a replica's owner
         may have recorded it). `here=False`: what this node holds does not count (orphan reconciliation
-        asks whether anyone *else* has them)."""
+        asks whether anyone *else* has them). `members_only`: orphan copies elsewhere do not count as found
+        (reconciliation decides whether any *member* still has a job)."""
         mem = self.ctx.mem
         found: dict[str, Found] = dict(local) if local is not None else self.held_here(ids)
         verdict = Verdict(found={i: found[i] for i in ids if i in found})
@@ -62,7 +72,7 @@ class Search:
             members = [m.id for m in mem.ring.members]
             peers = mem.peers()
             answers = await asyncio.gather(*(self._lookup_one(m, missing) for m in peers))
-            merge(found, answers)
+            merge(found, answers, members_only=members_only)
             if here:
                 for i, v in self.held_here([i for i in missing if i not in found]).items():
                     found[i] = v  # a copy that reached this node meanwhile

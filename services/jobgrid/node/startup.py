@@ -84,8 +84,14 @@ class Startup:
         self.ctx.signals.resync.set()
 
     def _new_incarnation(self) -> None:
-        self.ctx.new_incarnation()
-        self.counts.rebind(self.ctx.id)
+        """Back under a new id: the old one's rows are orphans, whose position the grid should know."""
+        ctx = self.ctx
+        saved = self.keeper.saved_ring
+        old = ctx.mem.member(ctx.id) or (next((m for m in saved.members if m.id == ctx.id), None) if saved else None)
+        if old is not None:
+            ctx.note_departed([old])
+        ctx.new_incarnation()
+        self.counts.rebind(ctx.id)
 
     # ---- after an outage --------------------------------------------------------------------------------
     async def _ask_recovery(self, contacts: Sequence[Address]) -> list[RecoveryState]:

@@ -47,8 +47,8 @@ CREATE INDEX IF NOT EXISTS results_owner ON results (owner);
 CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at) WHERE expires_at IS NOT NULL;
 """
 
-# a promoted or adopted row: waiting stays waiting, anything else is queued again (its lease is void)
-_LIVE_AGAIN = "CASE WHEN state='waiting' THEN 'waiting' ELSE 'queued' END"
+# an adopted row's lease lasts at least the grace given (its holder renews it with the new owner)
+_GRACE = "lease_until=CASE WHEN state='leased' THEN max(coalesce(lease_until, 0), ?) ELSE lease_until END"
 
 _enc = msgspec.msgpack.Encoder()
 _dec_job = msgspec.msgpack.Decoder(JobRecord)
@@ -130,8 +130,8 @@ class Store:
                 known.add(r.spec.id)
                 fresh.append(r.spec.id)
                 rows.append(self._row(r))
-            self._write("INSERT INTO jobs(id, owner, state, priority, seq, not_before, record) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._write("INSERT INTO jobs(id, owner, state, priority, seq, not_before, lease_holder, lease_until, "
+                        "record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         return fresh
 
     def upsert_replicas(self, records: Sequence[JobRecord]) -> None:
@@ -141,15 +141,26 @@ class Store:
         with self._txn():
             done = self._with_results([r.spec.id for r in records])
             rows = [self._row(r) for r in records if r.spec.id not in done]
-            self._write("INSERT INTO jobs(id, owner, state, priority, seq, not_before, record) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET owner=excluded.owner, "
-                        "state=excluded.state, priority=excluded.priority, not_before=excluded.not_before, "
-                        "record=excluded.record, lease_holder=NULL, lease_until=NULL", rows)
+            self._write("INSERT INTO jobs(id, owner, state, priority, seq, not_before, lease_holder, lease_until, "
+                        "record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                        "owner=excluded.owner, state=excluded.state, priority=excluded.priority, "
+                        "not_before=excluded.not_before, record=excluded.record, lease_holder=excluded.lease_holder, "
+                        "lease_until=excluded.lease_until", rows)
+
+    def note_leases(self, owner: str, notes: Sequence[tuple[str, str, float]]) -> None:
+        """Copies of `owner`'s jobs that its runners' thieves hold now: (id, holder, until)."""
+        with self._txn():
+            self._write("UPDATE jobs SET state='leased', lease_holder=?, lease_until=? WHERE id=? AND owner=? "
+                        "AND state<>'waiting'", [(h, u, i, owner) for i, h, u in notes])
 
     def _row(self, r: JobRecord) -> tuple:
+        """A row for a record: a lease survives a copy only with its holder named (a steal); otherwise a
+        copy of a leased job is queued (its runner was the owner's own, which goes down with the owner)."""
         self._seq += 1
-        state = "queued" if r.state == "leased" else r.state
-        return (r.spec.id, r.owner, state, r.spec.priority, self._seq, r.not_before, _enc.encode(r))
+        leased = r.state == "leased" and r.holder is not None
+        state = "queued" if r.state == "leased" and not leased else r.state
+        return (r.spec.id, r.owner, state, r.spec.priority, self._seq, r.not_before,
+                r.holder if leased else None, r.lease_until if leased else None, _enc.encode(r))
 
     def _known(self, ids: Sequence[str]) -> set[str]:
         out: set[str] = set()
@@ -276,34 +287,49 @@ class Store:
                 recorded.append(res)
         return recorded, dups, unknown
 
-    def put_result_replicas(self, owner: str, results: Sequence[Result], drop: Sequence[str]) -> None:
+    def put_result_replicas(self, owner: str, results: Sequence[Result], drop: Sequence[str], me: str = "") -> None:
+        """Copies of `owner`'s results. The owner's record is the grid's: it replaces a copy held under
+        another owner (a departed one's), never a result this node (`me`) owns itself."""
         now = time.time()
         with self._txn():
             self._write("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner",
-                        [(r.job_id, owner, r.state, now, r.expires_at, _enc.encode(r)) for r in results])
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner, "
+                        "state=excluded.state, expires_at=excluded.expires_at, result=excluded.result, copied=1 "
+                        "WHERE results.owner<>?",
+                        [(r.job_id, owner, r.state, now, r.expires_at, _enc.encode(r), me) for r in results])
             ids = list(drop) + [r.job_id for r in results]
             self._write("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
             self._write("DELETE FROM results WHERE job_id=? AND owner=?", [(i, owner) for i in drop])  # expired
 
-    def get_results(self, ids: Sequence[str], *, copied: bool = False) -> dict[str, Result]:
-        """Results of `ids` held here; `copied`: only those that may be handed out (every copy written)."""
+    def get_results(self, ids: Sequence[str]) -> dict[str, Result]:
+        """Results of `ids` held here, whoever owns them and whether or not their copies are written."""
         out: dict[str, Result] = {}
-        where = " AND copied=1" if copied else ""
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for job_id, blob in self.db.execute(
-                    f"SELECT job_id, result FROM results WHERE job_id IN ({marks}){where}", chunk):
+                    f"SELECT job_id, result FROM results WHERE job_id IN ({marks})", chunk):
                 out[job_id] = _dec_result.decode(blob)
         return out
 
-    def uncopied(self, ids: Sequence[str]) -> set[str]:
-        """Of `ids`, those with a result recorded here whose copies are not all written yet."""
-        out: set[str] = set()
+    def held_results(self, ids: Sequence[str]) -> dict[str, tuple[Result, str, bool]]:
+        """Results of `ids` held here: (result, owner, copied)."""
+        out: dict[str, tuple[Result, str, bool]] = {}
         for chunk in _chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
-            out.update(i for (i,) in self.db.execute(
-                f"SELECT job_id FROM results WHERE job_id IN ({marks}) AND copied=0", chunk))
+            for job_id, blob, owner, copied in self.db.execute(
+                    f"SELECT job_id, result, owner, copied FROM results WHERE job_id IN ({marks})", chunk):
+                out[job_id] = (_dec_result.decode(blob), owner, bool(copied))
+        return out
+
+    def servable_results(self, ids: Sequence[str], members: frozenset[str]) -> dict[str, Result]:
+        """The results of `ids` that may be handed out: every copy written, owned by a member of the ring."""
+        out: dict[str, Result] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for job_id, blob, owner in self.db.execute(
+                    f"SELECT job_id, result, owner FROM results WHERE job_id IN ({marks}) AND copied=1", chunk):
+                if owner in members:
+                    out[job_id] = _dec_result.decode(blob)
         return out
 
     def mark_copied(self, ids: Sequence[str]) -> None:
@@ -328,6 +354,16 @@ class Store:
         rec.state = state
         rec.owner = owner
         return rec
+
+    def held_ids(self, ids: Sequence[str], members: frozenset[str]) -> set[str]:
+        """Which of `ids` are held here (as jobs or results) under an owner in `members` (no decoding)."""
+        out: set[str] = set()
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for table, col in (("jobs", "id"), ("results", "job_id")):
+                out.update(i for i, o in self.db.execute(
+                    f"SELECT {col}, owner FROM {table} WHERE {col} IN ({marks})", chunk) if o in members)
+        return out
 
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of these ids are in the jobs table (no record decoding: the result-wait hot path)."""
@@ -362,12 +398,11 @@ class Store:
 
     def jobs_of(self, owner: str, after: str = "", limit: int = 5000) -> list[JobRecord]:
         out = []
-        for blob, state, own in self.db.execute(
-                "SELECT record, state, owner FROM jobs WHERE owner=? AND id>? ORDER BY id LIMIT ?",
-                (owner, after, limit)):
+        for blob, state, own, holder, until in self.db.execute(
+                "SELECT record, state, owner, lease_holder, lease_until FROM jobs WHERE owner=? AND id>? "
+                "ORDER BY id LIMIT ?", (owner, after, limit)):
             rec = _dec_job.decode(blob)
-            rec.state = "queued" if state == "leased" else state
-            rec.owner = own
+            rec.state, rec.owner, rec.holder, rec.lease_until = state, own, holder, until
             out.append(rec)
         return out
 
@@ -376,20 +411,36 @@ class Store:
             "SELECT result FROM results WHERE owner=? AND job_id>? ORDER BY job_id LIMIT ?",
             (owner, after, limit))]
 
-    def adopt(self, old_owner: str, new_owner: str, ids: Sequence[str] | None = None) -> int:
-        """Promote replicas: jobs and results of `old_owner` become `new_owner`'s."""
+    def adopt(self, old_owner: str, new_owner: str, ids: Sequence[str] | None = None, *,
+              lease_grace: float = 0.0) -> int:
+        """Promote replicas: jobs and results of `old_owner` (all, or `ids`) become `new_owner`'s. Rows keep
+        their state and lease; a lease gets at least `lease_grace` (epoch s) for its holder to renew it
+        with the new owner (leases of holders no longer in the ring: `expire_leases_of_strangers`)."""
         with self._txn():
             if ids is None:
-                n = self.db.execute(f"UPDATE jobs SET owner=?, state={_LIVE_AGAIN}, lease_holder=NULL, "
-                                    "lease_until=NULL WHERE owner=?", (new_owner, old_owner)).rowcount
+                n = self.db.execute(f"UPDATE jobs SET owner=?, {_GRACE} WHERE owner=?",
+                                    (new_owner, lease_grace, old_owner)).rowcount
                 self.db.execute("UPDATE results SET owner=? WHERE owner=?", (new_owner, old_owner))
                 return n
             n = 0
-            for i in ids:
-                n += self.db.execute(f"UPDATE jobs SET owner=?, state={_LIVE_AGAIN}, lease_holder=NULL, "
-                                     "lease_until=NULL WHERE id=? AND owner=?", (new_owner, i, old_owner)).rowcount
-            self._write("UPDATE results SET owner=? WHERE job_id=? AND owner=?", [(new_owner, i, old_owner) for i in ids])
+            for chunk in _chunks(list(ids), 500):
+                marks = ",".join("?" * len(chunk))
+                n += self.db.execute(f"UPDATE jobs SET owner=?, {_GRACE} WHERE owner=? AND id IN ({marks})",
+                                     (new_owner, lease_grace, old_owner, *chunk)).rowcount
+                self.db.execute(f"UPDATE results SET owner=? WHERE owner=? AND job_id IN ({marks})",
+                                (new_owner, old_owner, *chunk))
             return n
+
+    def expire_leases_of_strangers(self, owner: str, members: Sequence[str]) -> list[str]:
+        """Put back `owner`'s jobs leased to nodes that are not in `members` (gone, or never known here)."""
+        with self._txn():
+            marks = ",".join("?" * len(members))
+            ids = [i for (i,) in self.db.execute(
+                f"SELECT id FROM jobs WHERE owner=? AND state='leased' AND (lease_holder IS NULL OR "
+                f"lease_holder NOT IN ({marks}))", (owner, *members))]
+            self._write("UPDATE jobs SET state='queued', lease_holder=NULL, lease_until=NULL WHERE id=?",
+                        [(i,) for i in ids])
+        return ids
 
     def drop_owner(self, owner: str, ids: Sequence[str] | None = None) -> int:
         """Forget replicas of `owner` (all, or just `ids`); only rows still owned by it."""

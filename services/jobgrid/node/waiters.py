@@ -27,8 +27,8 @@ class Waiters:
                 ev.set()
 
     def settled(self, ids: list[str]) -> dict[str, Result]:
-        """The results of `ids` held here that may be handed out."""
-        return self.store.get_results(ids, copied=True)
+        """The results of `ids` held here that may be handed out (copied, owned by a member)."""
+        return self.store.servable_results(ids, self.search.ctx.mem.member_ids)
 
     @contextlib.contextmanager
     def watching(self, ids: list[str]) -> Iterator[asyncio.Event]:
@@ -74,7 +74,7 @@ class Waiters:
             have = self.settled(ids)
             if have:
                 return list(have.values()), [], []
-            here = self.store.known_ids(ids) | set(self.store.get_results(ids))
+            here = self.store.held_ids(ids, self.search.ctx.mem.member_ids)  # orphan copies: ask the ring
             missing = [i for i in ids if i not in here]
             now = time.monotonic()
             if missing and now - looked_at >= 0.5:
