@@ -20,9 +20,6 @@ FAULTS = ["kill", "kill2", "pause", "partition", "restart", "restart-all"]
 
 @needs_root
 @pytest.mark.timeout(900)
-@pytest.mark.xfail(strict=False, reason="known node bug the soak found (2026-12-01, main 466a252): after whole-grid "
-                   "restarts and pauses a job can be recorded twice by two nodes (nodes answer different result "
-                   "records: node, started_at, finished_at); remove this mark once fixed")
 def test_two_minute_random_fault_soak_is_valid(cluster_factory):
     c = cluster_factory(replicas=3, runners=1, token="s" * 24, links="toxiproxy",
                         first_octet=256 * (60 + os.getpid() % 150) + 10)
