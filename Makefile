@@ -27,12 +27,16 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not docker and not browser" $(PYTEST_ARGS)
 
+# workloads A-E against ProcessPoolExecutor(2); PEERS=1 also measures Celery+Redis, RQ and Dask in the same run
+# (installs redis-server and .venv-peers first); targets are ratios to what this run measured
+PEERS_VENV ?= .venv-peers
 bench: $(STAMP)
-	$(PY) bench/run.py $(if $(PEERS),--peers,)
+	$(if $(PEERS),bash scripts/ensure-peers.sh $(PEERS_VENV),)
+	$(PY) bench/run.py $(if $(PEERS),--peers --peers-python $(PEERS_VENV)/bin/python,) $(BENCH_ARGS)
 
 images: $(STAMP)
 	bash scripts/ensure-docker.sh
 	$(VENV)/bin/harness image --base debian
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info runs .harness
+	rm -rf $(VENV) $(PEERS_VENV) build dist *.egg-info runs .harness
