@@ -50,18 +50,20 @@ def run_workload(name: str, g: wl.Grid, c, n: int) -> str:
     raise SystemExit(f"unknown workload {name!r} (A, A-submit, B, E)")
 
 
-def frame_name(frame: str) -> str:
-    """'handler (aiohttp/web_protocol.py:123)' -> 'handler (aiohttp/web_protocol.py)'."""
+def frame_name(frame: str, line: bool = False) -> str:
+    """'handler (aiohttp/web_protocol.py:123)' -> 'handler (aiohttp/web_protocol.py)' (':123' kept with `line`)."""
     fn, _, where = frame.partition(" (")
-    path = where.rstrip(")").rsplit(":", 1)[0]
+    where = where.rstrip(")")
+    path = where if line else where.rsplit(":", 1)[0]
     for marker in ("site-packages/", "lib/python3.11/", "services/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{fn} ({path})" if path else fn
 
 
-def summarise(raw: Path, top: int) -> tuple[int, collections.Counter, collections.Counter]:
-    """(samples, self counts, inclusive counts) by function from py-spy's raw (collapsed) output."""
+def summarise(raw: Path, lines: collections.Counter | None = None) -> tuple[int, collections.Counter, collections.Counter]:
+    """(samples, self counts, inclusive counts) by function from py-spy's raw (collapsed) output; `lines`
+    gets the self counts by source line."""
     total = 0
     self_c: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
@@ -76,6 +78,8 @@ def summarise(raw: Path, top: int) -> tuple[int, collections.Counter, collection
             continue
         total += k
         self_c[frames[-1]] += k
+        if lines is not None:
+            lines[frame_name(stack.split(";")[-1], line=True)] += k
         for f in set(frames):
             incl[f] += k
     return total, self_c, incl
@@ -116,9 +120,13 @@ def main() -> None:
                    "--pid", str(pid)] + (["--native"] if a.native else [])
             spies.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
         time.sleep(1.0)  # py-spy attaches
+        epoch0 = max(s.get("epoch", 0) for s in g.cl.states().values())
         t0 = time.perf_counter()
         what = run_workload(a.workload, g, c, n)
         seconds = time.perf_counter() - t0
+        churn = max(s.get("epoch", 0) for s in g.cl.states().values()) - epoch0
+        if churn:  # a node was declared dead (and rejoined): resync and promotion are in this profile too
+            what += f"  [WARNING: {churn} ring change(s) during the workload]"
         for s in spies:
             s.send_signal(signal.SIGINT)
         for s in spies:
@@ -131,12 +139,13 @@ def main() -> None:
     all_self: collections.Counter = collections.Counter()
     all_incl: collections.Counter = collections.Counter()
     all_total = 0
+    all_lines: collections.Counter = collections.Counter()
     for i in range(len(pids)):
         raw = out / f"node{i + 1}.txt"
         if not raw.exists():
             print(f"node{i + 1}: no py-spy output")
             continue
-        total, self_c, incl = summarise(raw, a.top)
+        total, self_c, incl = summarise(raw, all_lines)
         all_total += total
         all_self.update(self_c)
         all_incl.update(incl)
@@ -149,6 +158,8 @@ def main() -> None:
         print(f"all nodes: {all_total} samples")
         print(table("self", all_total, all_self, a.top))
         print(table("inclusive", all_total, all_incl, a.top))
+    if all_total:
+        print(table("self, by source line (all nodes)", all_total, all_lines, a.top))
     os.sync()
 
 
