@@ -61,9 +61,34 @@ def frame_name(frame: str, line: bool = False) -> str:
     return f"{fn} ({path})" if path else fn
 
 
-def summarise(raw: Path, lines: collections.Counter | None = None) -> tuple[int, collections.Counter, collections.Counter]:
+# what a sample is charged to: the first of these met walking from the leaf frame up (path or function)
+COMPONENTS = [
+    ("SQLite (Store, raw SQL in controls)", ("jobgrid/node/store.py", "waiting_jobs (", "expire_results (jobgrid/node/c")),
+    ("logging (structlog, json)", ("structlog/", "jobgrid/logs.py", "json/", "_log_jobs", "_log_reports")),
+    ("metrics (prometheus_client)", ("prometheus_client/",)),
+    ("WebSocket frames (aiohttp)", ("aiohttp/_websocket/", "aiohttp/client_ws.py", "aiohttp/web_ws.py")),
+    ("msgpack and stream calls (codec, stream, peers)", ("jobgrid/codec.py", "jobgrid/node/stream.py",
+                                                         "jobgrid/node/peers.py", "jobgrid/node/http.py")),
+    ("aiohttp (HTTP, middlewares)", ("aiohttp/",)),
+    ("worker pipe (pool, asyncio streams)", ("jobgrid/node/pool.py", "jobgrid/worker.py", "asyncio/streams.py",
+                                             "asyncio/subprocess.py")),
+    ("job flow (jobs, grid, runner, batching)", ("jobgrid/",)),
+    ("event loop (uvloop C code, asyncio)", ("asyncio/", "uvloop")),
+]
+
+
+def component(frames: list[str]) -> str:
+    for f in reversed(frames):
+        for name, marks in COMPONENTS:
+            if any(m in f for m in marks):
+                return name
+    return "other"
+
+
+def summarise(raw: Path, lines: collections.Counter | None = None, parts: collections.Counter | None = None
+              ) -> tuple[int, collections.Counter, collections.Counter]:
     """(samples, self counts, inclusive counts) by function from py-spy's raw (collapsed) output; `lines`
-    gets the self counts by source line."""
+    gets the self counts by source line, `parts` the counts by COMPONENTS."""
     total = 0
     self_c: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
@@ -80,6 +105,8 @@ def summarise(raw: Path, lines: collections.Counter | None = None) -> tuple[int,
         self_c[frames[-1]] += k
         if lines is not None:
             lines[frame_name(stack.split(";")[-1], line=True)] += k
+        if parts is not None:
+            parts[component(frames)] += k
         for f in set(frames):
             incl[f] += k
     return total, self_c, incl
@@ -140,22 +167,27 @@ def main() -> None:
     all_incl: collections.Counter = collections.Counter()
     all_total = 0
     all_lines: collections.Counter = collections.Counter()
+    all_parts: collections.Counter = collections.Counter()
     for i in range(len(pids)):
         raw = out / f"node{i + 1}.txt"
         if not raw.exists():
             print(f"node{i + 1}: no py-spy output")
             continue
-        total, self_c, incl = summarise(raw, all_lines)
+        parts: collections.Counter = collections.Counter()
+        total, self_c, incl = summarise(raw, all_lines, parts)
+        all_parts.update(parts)
         all_total += total
         all_self.update(self_c)
         all_incl.update(incl)
         # py-spy adds 1 s of attach time before the workload: busy share over the recorded span
         busy = total / (a.rate * (seconds + 1.0))
         print(f"node{i + 1} (pid {pids[i]}): {total} samples, busy ~{100 * busy:.0f}% of the recorded time")
+        print(table("by component", total, parts, 20))
         print(table("self", total, self_c, a.top))
         print(table("inclusive", total, incl, a.top))
     if all_total and len(pids) > 1:
         print(f"all nodes: {all_total} samples")
+        print(table("by component", all_total, all_parts, 20))
         print(table("self", all_total, all_self, a.top))
         print(table("inclusive", all_total, all_incl, a.top))
     if all_total:

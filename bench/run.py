@@ -112,14 +112,14 @@ def run_depth(q: dict, out: dict) -> None:
     out["depth"] = wl.depth(q["depth"])
 
 
-def run_peers(python: str, out: dict, reps: int) -> None:
+def run_peers(python: str, out: dict, reps: int, plan: str) -> None:
     """Celery+Redis, RQ+Redis and Dask through bench/peers/run_all.py (which starts and stops its own Redis)."""
     print(f"== peers: Celery+Redis, RQ+Redis, Dask ({python})", flush=True)
     if not Path(python).exists():
         raise SystemExit(f"{python} not found: run `bash scripts/ensure-peers.sh` (or `make bench PEERS=1`) first")
-    work = Path(python).resolve().parent.parent / "work"
+    work = Path(python).absolute().parent.parent / "work"  # not resolve(): the venv python is a symlink
     env = dict(os.environ, PEERS_WORK=str(work))
-    r = subprocess.run([python, str(HERE / "peers" / "run_all.py"), "--reps", str(reps), "--only", "celery,rq,dask"],
+    r = subprocess.run([python, str(HERE / "peers" / "run_all.py"), "--reps", str(reps), "--only", plan],
                        capture_output=True, text=True, env=env)
     lines = r.stdout.strip().splitlines()
     try:
@@ -143,6 +143,8 @@ def main() -> None:
     p.add_argument("--peers-python", default=".venv-peers/bin/python",
                    help="a Python with celery, rq and dask installed (scripts/ensure-peers.sh makes one)")
     p.add_argument("--peer-reps", type=int, default=1, help="repetitions of each peer run (medians)")
+    p.add_argument("--peer-plan", default="celery,rq,dask",
+                   help="which peer runs (label prefixes of bench/peers/run_all.py), e.g. 'dask E'")
     p.add_argument("--skip", default="", help="comma list of: ppe,1,3,E,scaling,depth")
     a = p.parse_args()
     q = ({"A": 1000, "B": 100, "C": 20, "D": 20, "depth": 20_000} if a.quick else
@@ -159,7 +161,7 @@ def main() -> None:
     if "E" not in skip:
         run_e(res)
     if a.peers:
-        run_peers(a.peers_python, res, a.peer_reps)
+        run_peers(a.peers_python, res, a.peer_reps, a.peer_plan)
     if "scaling" not in skip:
         run_scaling(q, res)
     if "depth" not in skip:
