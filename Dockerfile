@@ -18,10 +18,12 @@ COPY wheels/ /wheels/
 RUN python3 -m venv /opt/jobgrid \
  && /opt/jobgrid/bin/pip install --no-index --find-links /wheels jobgrid \
  && rm -rf /wheels \
- && useradd --system --create-home --home-dir /home/jobgrid --shell /usr/sbin/nologin --user-group jobgrid \
+ && groupadd --system --gid 999 jobgrid \
+ && useradd --system --uid 999 --gid 999 --create-home --home-dir /home/jobgrid --shell /usr/sbin/nologin jobgrid \
  && mkdir -p /data \
  && chown jobgrid:jobgrid /data
 
+# uid/gid 999 are named in deploy/kubernetes (runAsUser, fsGroup) and deploy/swarm (user, secret uid)
 USER jobgrid
 WORKDIR /home/jobgrid
 

@@ -5,7 +5,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench clean images
+.PHONY: demo test test-fast bench scale clean images
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ PEERS_VENV ?= .venv-peers
 bench: $(STAMP)
 	$(if $(PEERS),bash scripts/ensure-peers.sh $(PEERS_VENV),)
 	$(PY) bench/run.py $(if $(PEERS),--peers --peers-python $(PEERS_VENV)/bin/python,) $(BENCH_ARGS)
+
+# membership at 8, 16 and 32 local nodes (formation, heartbeat CPU, detection, false removals): ~15 min
+scale: $(STAMP)
+	$(PY) bench/scale.py --plot bench/results/scale.png $(SCALE_ARGS)
 
 images: $(STAMP)
 	bash scripts/ensure-docker.sh

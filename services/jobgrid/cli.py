@@ -74,6 +74,15 @@ def _float_env(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
 
 
+def _bool_env(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def _int_env(name: str) -> int | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -132,7 +141,12 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls=TLS(cert=_path(args.tls_cert), key=_path(args.tls_key), ca=_path(args.tls_ca)),
         timing=timing, max_queued=args.max_queued,
         max_conns_per_client=args.max_conns_per_client, log_level=level, body_timeout=args.body_timeout,
-        peer_transport=args.peer_transport or os.environ.get("JOBGRID_PEER_TRANSPORT", "stream"))
+        peer_transport=args.peer_transport or os.environ.get("JOBGRID_PEER_TRANSPORT", "stream"),
+        force_new_cluster=args.force_new_cluster or _bool_env("JOBGRID_FORCE_NEW_CLUSTER"))
+    if settings.force_new_cluster:
+        err.print("[bold yellow]--force-new-cluster: if this node restarts without a majority of its ring, it "
+                  "brings the grid up from the members that are back and removes the others. Use it only for "
+                  "members that are gone for good, on one side only.[/]")
     from .node.secrecy import protect_credentials
     protect_credentials()  # out of the environment, /proc/<pid>/environ and other processes' reach
     if settings.insecure and not settings.token:
@@ -230,6 +244,8 @@ def cmd_result(args: argparse.Namespace) -> int:
 def cmd_servers(args: argparse.Namespace) -> int:
     with _client(args) as c:
         sl = c.servers()
+    if not sl.serving:
+        err.print(f"node {sl.me} is not serving: {sl.reason}", style="bold red", markup=False, soft_wrap=True)
     t = Table(title=f"ring epoch {sl.epoch} (answered by {sl.me})")
     for col in ("id", "location", "address", "active", "backup", "age", "status"):
         t.add_column(col)
@@ -238,7 +254,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
         t.add_row(s.id, f"{s.location:#018x}", f"{s.ip}:{s.port}", str(s.active), str(s.backup),
                   f"{max(0.0, now - s.timestamp):.1f}s" if s.timestamp else "-", s.status)
     out.print(t)
-    return 0
+    return 0 if sl.serving else 1
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -333,6 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     s.add_argument("--peer-transport", choices=["stream", "http"],
                    help="stream (default): node-to-node messages over one WebSocket per peer; http: a request each")
+    s.add_argument("--force-new-cluster", action="store_true",
+                   help="after an outage, bring the grid up from the members that are back even without a "
+                        "majority of the ring (the others are removed); only for members gone for good "
+                        "(or JOBGRID_FORCE_NEW_CLUSTER=true)")
     s.add_argument("--config", help="TOML settings file (default: ./jobgrid.toml if present)")
     s.set_defaults(fn=cmd_server)
 

@@ -20,7 +20,7 @@ KEYS: dict[str, str] = {
     "log_level": "JOBGRID_LOG_LEVEL", "heartbeat_interval": "JOBGRID_HEARTBEAT_INTERVAL",
     "failure_timeout": "JOBGRID_FAILURE_TIMEOUT", "lease_ttl": "JOBGRID_LEASE_TTL",
     "job_timeout": "JOBGRID_JOB_TIMEOUT", "token_file": "JOBGRID_TOKEN_FILE",
-    "peer_transport": "JOBGRID_PEER_TRANSPORT",
+    "peer_transport": "JOBGRID_PEER_TRANSPORT", "force_new_cluster": "JOBGRID_FORCE_NEW_CLUSTER",
     "read_token_file": "JOBGRID_READ_TOKEN_FILE", "peer_secret_file": "JOBGRID_PEER_SECRET_FILE",
     "job_user": "JOBGRID_JOB_USER", "allow_kinds": "JOBGRID_ALLOW_KINDS", "allow_modules": "JOBGRID_ALLOW_MODULES",
     "max_pending_per_client": "JOBGRID_MAX_PENDING_PER_CLIENT", "header_timeout": "JOBGRID_HEADER_TIMEOUT",

@@ -82,6 +82,9 @@ class NodeSettings:
     max_crashes: int = 3
     body_timeout: float = 30.0  # seconds a client has to send a request's body; then 408
     peer_transport: str = "stream"  # "stream": peer messages over one WebSocket per peer; "http": a request each
+    # restarting after an outage, bring the grid up from the members that are back even without a majority of
+    # the saved ring (the rest are removed): an operator's decision for members that are gone for good
+    force_new_cluster: bool = False
     log_level: str = "info"
 
     def __post_init__(self) -> None:
