@@ -54,13 +54,16 @@ if os.environ.get("JOBGRID_PROBE"):
         @functools.wraps(orig)
         async def w(self, *a, **k):
             t0 = _now()
+            out = None
             try:
-                return await orig(self, *a, **k)
+                out = await orig(self, *a, **k)
+                return out
             finally:
                 what = name
                 if name == "replicate" and a:  # which half of a job's life it copies
                     what = "replicate:jobs" if a[0].jobs else "replicate:results"
-                _ev.append((what, _ids(a[arg]) if len(a) > arg else [], t0, _now()))
+                extra = (len(out),) if name == "results_within" and isinstance(out, list) else ()
+                _ev.append((what, _ids(a[arg]) if len(a) > arg else [], t0, _now(), *extra))
         setattr(cls, name, w)
 
     def _wrap_sync(cls, name, arg=0):

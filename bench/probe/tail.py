@@ -37,6 +37,10 @@ HOPS = [  # (label, event name, which timestamp: 0 start / 1 end, which node: "o
 ]
 
 
+def nodes_events(nodes: dict[int, dict]) -> list:
+    return [e for nd in nodes.values() for e in nd["events"]]
+
+
 def load(folder: Path) -> dict[int, dict]:
     out = {}
     for f in folder.glob("probe-*.jsonl"):
@@ -78,6 +82,10 @@ def main() -> None:
             for i in ids or []:
                 by_job[i][kind].append((nd["name"], t0, t1))
     rt = [(t1 - t0) * 1000 for _, t0, t1 in trips]
+    # was the result in the ack (the node's linger caught it) or did the client need a wait request?
+    lingered = {i for e in nodes_events(nodes) if e[0] == "results_within" and len(e) > 4 and e[4] for i in e[1] or []}
+    with_ack = [(t1 - t0) * 1000 for jid, t0, t1 in trips if jid in lingered]
+    waited = [(t1 - t0) * 1000 for jid, t0, t1 in trips if jid not in lingered]
     p50, p99 = statistics.median(rt), wl.pct(rt, 99)
     print(f"B on {a.nodes} node(s), {a.n} round trips: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(rt):.2f} ms "
           f"(probe files in {folder})")
@@ -99,6 +107,9 @@ def main() -> None:
             print(f"  {label:55s} {statistics.median(seg[label]):7.2f} / {wl.pct(seg[label], 99):7.2f}  "
                   f"(n={len(seg[label])})")
     print(f"  {'answer in the client':55s} {p50:7.2f} / {p99:7.2f}")
+    for label, xs in (("result came with the ack (linger)", with_ack), ("ack without the result: a wait request", waited)):
+        if xs:
+            print(f"  {label:55s} {statistics.median(xs):7.2f} / {wl.pct(xs, 99):7.2f}  (n={len(xs)})")
     slow = sorted(rows, key=lambda r: -r[1])[:max(4, len(rows) // 50)]
     print("\nslowest round trips, and what the nodes did meanwhile (gc: generation; stall: loop late by ms):")
     starts = {jid: t0 for jid, t0, _ in trips}
