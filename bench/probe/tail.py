@@ -1,7 +1,7 @@
 """What makes B's p99 several times its p50: per-hop timestamps of every round trip, with the GC pauses,
 SQLite commits and event-loop stalls of every node process next to the slow ones.
 
-    .venv/bin/python bench/probe/tail.py [--nodes 3] [-n 400]
+    .venv/bin/python bench/probe/tail.py [--nodes 3] [-n 400] [--try freeze,checkpoint]
 
 Runs workload B (sequential submit(noop).result() round trips) on a fresh grid whose node processes
 load bench/probe/sitecustomize.py (JOBGRID_PROBE), then joins the client's timestamps with the nodes'
@@ -54,9 +54,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=3, choices=(1, 3))
     p.add_argument("-n", type=int, default=400)
+    p.add_argument("--try", dest="tries", default="",
+                   help="changes to try from outside the node: freeze (gc.freeze + higher threshold after start), "
+                        "checkpoint (WAL checkpoints on a thread instead of inside COMMIT)")
     a = p.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="jg-probe-"))
-    env = {"JOBGRID_PROBE": str(folder), "PYTHONPATH": str(HERE)}
+    env = {"JOBGRID_PROBE": str(folder), "PYTHONPATH": str(HERE), "JOBGRID_PROBE_TRY": a.tries}
     runners, replicas = (2, 1) if a.nodes == 1 else (1, 3)
     g = wl.Grid(a.nodes, runners, replicas, 170 + a.nodes, env=env)
     trips = []
@@ -87,7 +90,7 @@ def main() -> None:
     with_ack = [(t1 - t0) * 1000 for jid, t0, t1 in trips if jid in lingered]
     waited = [(t1 - t0) * 1000 for jid, t0, t1 in trips if jid not in lingered]
     p50, p99 = statistics.median(rt), wl.pct(rt, 99)
-    print(f"B on {a.nodes} node(s), {a.n} round trips: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(rt):.2f} ms "
+    print(f"B on {a.nodes} node(s){' trying ' + a.tries if a.tries else ''}, {a.n} round trips: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {max(rt):.2f} ms "
           f"(probe files in {folder})")
     seg: dict[str, list[float]] = collections.defaultdict(list)
     rows = []
