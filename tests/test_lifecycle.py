@@ -146,6 +146,11 @@ def test_lapsed_leases_return_to_the_queue_by_time_or_by_departed_holder():
         ExpireLeases(cause="s", before=NOW, holders=["n3"])]
 
 
+def test_leases_held_outside_the_ring_lapse_after_a_ring_change_or_an_adoption():
+    assert machine().handle(LeasesLapsed(cause="r", now=NOW, members=["n2", "me"])) == [
+        ExpireLeases(cause="r", before=NOW, members=["me", "n2"])]
+
+
 def test_released_prefetch_goes_back_unstarted():
     assert machine().handle(Released(cause="r", now=NOW, holder=ME, ids=["a", "b"])) == [
         ReleaseLeases(cause="r", holder=ME, ids=["a", "b"])]

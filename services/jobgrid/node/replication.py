@@ -41,6 +41,8 @@ class Replication:
         self.store = ctx.store
         self.owning: Owning | None = None  # the job service, bound once it exists
         self.reconcile: Callable[[], Awaitable[None]] | None = None  # orphan reconciliation, after each resync
+        # successors known to hold every job and result of ours (a resync sends all only to the others)
+        self.synced: set[str] = set()
         keeper.listeners.append(self._ring_changed)
 
     def _ring_changed(self, change: RingChange, ring: RingState) -> None:
@@ -50,12 +52,14 @@ class Replication:
             self.ctx.signals.resync.set()
 
     # ---- sending copies ----------------------------------------------------------------------------------
-    async def replicate(self, make: ReplicateRequest, deadline: float | None = None) -> None:
+    async def replicate(self, make: ReplicateRequest, deadline: float | None = None,
+                        only: set[str] | None = None) -> None:
         """Send `make` to every current successor; retry (following ring changes) until all have it.
 
         A successor that stops answering (killed, frozen, cut off) is not waited for past the ring change
         that removes it: its copy is then due on the new successor instead, so a fault delays submissions
-        by about the failure timeout, not by the peer call's own timeout."""
+        by about the failure timeout, not by the peer call's own timeout. `only`: just these successors
+        (a resync to the ones that lack our copies). A successor this gives up on is resynced in full."""
         ctx = self.ctx
         done: set[str] = set()
         end = time.monotonic() + (deadline if deadline is not None else 2 * ctx.t.failure_timeout + 2)
@@ -63,7 +67,8 @@ class Replication:
         retry_at: dict[str, float] = {}
         try:
             while True:
-                targets = {m.id: m for m in self.mem.successors(ctx.id) if m.id not in done}
+                targets = {m.id: m for m in self.mem.successors(ctx.id)
+                           if m.id not in done and (only is None or m.id in only)}
                 if not targets:
                     return
                 for mid in [k for k in sending if k not in targets]:  # no longer a successor: not needed
@@ -73,6 +78,8 @@ class Replication:
                     if mid not in sending and retry_at.get(mid, 0.0) <= now:
                         sending[mid] = asyncio.ensure_future(self.send(m, make))
                 if now > end or ctx.stopping:
+                    self.synced.difference_update(targets)  # may lack this copy: a full resync repairs it
+                    ctx.signals.resync.set()
                     raise Unavailable("could not copy the jobs to enough replicas in time; outcome unknown")
                 if sending:  # wake on an answer, or soon enough to see a ring change
                     finished, _ = await asyncio.wait(sending.values(), timeout=0.1,
@@ -158,30 +165,53 @@ class Replication:
                 ctx.signals.resync.set()
 
     async def _resync(self) -> None:
+        """Every job and result of ours to the successors that may lack them (new ones, or ones a copy
+        failed to reach), in batches; then prune our copies from nodes that are no longer successors."""
         ctx = self.ctx
         epoch = self.mem.ring.epoch
-        after = ""
-        while True:
-            jobs = self.store.jobs_of(ctx.id, after=after, limit=2000)
-            if not jobs:
-                break
-            after = jobs[-1].spec.id
-            await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, jobs=jobs))
-        after = ""
-        while True:
-            res = self.store.results_of(ctx.id, after=after, limit=2000)
-            if not res:
-                break
-            after = res[-1].job_id
-            await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, results=res))
-            self.store.mark_copied([r.job_id for r in res])  # results whose first copying had failed
+        succ = {m.id for m in self.mem.successors(ctx.id)}
+        self.synced &= succ
+        need = succ - self.synced
+        if need:
+            for batch in self._batches(self.store.jobs_of, lambda j: j.spec.id):
+                await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, jobs=batch), only=need)
+            for batch in self._batches(self.store.results_of, lambda r: r.job_id):
+                await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, results=batch), only=need)
+        # results whose first copying had failed: the others hold them now too (or get them just above)
+        pending = self.store.uncopied_of(ctx.id)
+        if pending:
+            await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, results=list(pending.values())))
+            self.store.mark_copied(list(pending))
+            if self.owning is not None:
+                self.owning.copies_arrived(list(pending))
+        self.synced |= need
         # prune only with the ring the copies above were made for: a prune computed from an older ring would
         # wipe the copies on successors gained meanwhile (the ring change sets the resync signal: we run again)
         if self.mem.ring.epoch != epoch or not self.mem.is_member or ctx.signals.resync.is_set():
             return
-        keep = {m.id for m in self.mem.successors(ctx.id)} | {ctx.id}
+        keep = succ | {ctx.id}
         prune = ReplicateRequest(sender=ctx.id, epoch=self.mem.ring.epoch, prune_all=True)
         await asyncio.gather(*(self.send(m, prune) for m in self.mem.peers() if m.id not in keep))
+
+    def _batches(self, rows_of: Callable, key: Callable, limit: int = 2000, max_bytes: int = 4 << 20):
+        """Rows of ours in id order, in batches of at most `limit` rows and about `max_bytes`, so one copy
+        of many large jobs never becomes one huge message."""
+        after = ""
+        while True:
+            rows = rows_of(self.ctx.id, after=after, limit=limit)
+            if not rows:
+                return
+            after = key(rows[-1])
+            batch: list = []
+            size = 0
+            for r in rows:
+                n = _size(r)
+                if batch and size + n > max_bytes:
+                    yield batch
+                    batch, size = [], 0
+                batch.append(r)
+                size += n
+            yield batch
 
     # ---- a departed owner's copies ----------------------------------------------------------------------------
     async def handoff(self, dead: Member, promoter: Member) -> None:
@@ -244,3 +274,12 @@ class Replication:
                 raise Unavailable(f"cannot tell yet whether another node owns {len(undecided)} of these jobs; "
                                   "hand them off again later", retry_after=0.5)
         return ReportResponse(recorded=sorted(known) + got, duplicates=[], unknown=[])
+
+
+def _size(row: object) -> int:
+    """About how many bytes a job or result adds to a message (its payload, source or value)."""
+    spec = getattr(row, "spec", None)
+    if spec is not None:
+        return 256 + len(spec.payload or b"") + len(spec.source or "")
+    return 256 + len(getattr(row, "value", None) or b"") + len(getattr(row, "stdout", "")) + len(
+        getattr(row, "stderr", ""))

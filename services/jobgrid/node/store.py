@@ -332,6 +332,11 @@ class Store:
                     out[job_id] = _dec_result.decode(blob)
         return out
 
+    def uncopied_of(self, owner: str) -> dict[str, Result]:
+        """`owner`'s results whose copies were not all written (their replication failed)."""
+        return {i: _dec_result.decode(b) for i, b in self.db.execute(
+            "SELECT job_id, result FROM results WHERE owner=? AND copied=0", (owner,))}
+
     def mark_copied(self, ids: Sequence[str]) -> None:
         """Every replica has these results now: they may be handed out."""
         with self._txn():
