@@ -26,7 +26,7 @@ from ..protocol import (
     ServerList, UnlockRequest,
 )
 from ..settings import NodeSettings
-from .batching import GroupCommit
+from ..batching import GroupCommit
 from .jobs import JobFlow, LocalRunner
 from .metrics import Metrics
 from .peers import PeerError, Peers

@@ -13,7 +13,7 @@ from ..codec import MSGPACK, decode, encode
 from ..errors import GridUnavailable, ProtocolError
 from ..logs import CAUSE_HEADER, current_cause
 from .auth import NODE_HEADER
-from .stream import Link
+from ..framing import Link
 
 T = TypeVar("T")
 
