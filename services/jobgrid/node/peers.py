@@ -38,7 +38,7 @@ class Peers:
         # bind outgoing connections to our own address, so links between nodes on 127.0.0.x can be cut
         self.local_addr = (local_host, 0) if local_host else None
         self._sessions: dict[str, aiohttp.ClientSession] = {}
-        # POST /peer/* messages go over one WebSocket per peer (stream.py) unless `stream` is off
+        # POST /peer/* messages go over one WebSocket per peer (framing.Link) unless `stream` is off
         self.stream = stream
         self._links: dict[str, Link] = {}
         self._closed = False
