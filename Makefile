@@ -38,8 +38,12 @@ soak: $(STAMP)
 	$(VENV)/bin/harness run --backend local --nodes 5 --replicas 3 --runners 1 --faults $(SOAK_FAULTS) \
 		--duration $(DURATION) --drain 300 $(if $(SEED),--seed $(SEED),)
 
+# workloads A-E against ProcessPoolExecutor(2); PEERS=1 also measures Celery+Redis, RQ and Dask in the same run
+# (installs redis-server and .venv-peers first); targets are ratios to what this run measured
+PEERS_VENV ?= .venv-peers
 bench: $(STAMP)
-	$(PY) bench/run.py $(if $(PEERS),--peers,)
+	$(if $(PEERS),bash scripts/ensure-peers.sh $(PEERS_VENV),)
+	$(PY) bench/run.py $(if $(PEERS),--peers --peers-python $(PEERS_VENV)/bin/python,) $(BENCH_ARGS)
 
 # membership at 8, 16 and 32 local nodes (formation, heartbeat CPU, detection, false removals): ~15 min
 scale: $(STAMP)
@@ -50,4 +54,4 @@ images: $(STAMP)
 	$(VENV)/bin/harness image --base debian
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info runs .harness
+	rm -rf $(VENV) $(PEERS_VENV) build dist *.egg-info runs .harness

@@ -19,7 +19,7 @@ import pytest
 from jobgrid import Client, examples
 from jobgrid.client import AsyncClient, build_spec, decode_value
 from jobgrid.errors import JobNotFound, JobTimeout
-from jobgrid.history import HistoryRecorder, check
+from harness.history import HistoryRecorder, check
 
 from conftest import by_value, needs_root, wait_for
 

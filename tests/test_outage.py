@@ -20,7 +20,7 @@ import pytest
 from harness.local import LocalCluster
 from jobgrid import Client
 from jobgrid.client import pickle_spec
-from jobgrid.history import HistoryRecorder, check
+from harness.history import HistoryRecorder, check
 
 from conftest import by_value, wait_for
 

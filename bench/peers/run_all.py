@@ -42,6 +42,7 @@ PLAN = [  # label, script, args
     ("dask B", "bench_dask.py", ["--workload", "B"]),
     ("dask C", "bench_dask.py", ["--workload", "C"]),
     ("dask D default", "bench_dask.py", ["--workload", "D"]),
+    ("dask E", "bench_dask.py", ["--workload", "E"]),
 ]
 BIG = [
     ("ppe A20k map(chunksize=1)", "bench_ppe.py", ["--workload", "A", "--mode", "map", "--n", "20000"]),
@@ -56,7 +57,8 @@ EXTRA = [  # workload D killing the worker main process instead of the task's pr
     ("rq D kill-main default", "bench_rq.py", ["--workload", "D", "--kill", "main"]),
     ("dask A map worker-saturation=inf", "bench_dask.py", ["--workload", "A", "--mode", "map", "--saturation", "inf"]),
 ]
-METRICS = ["tasks_per_s", "seconds", "p50_ms", "p99_ms", "wall_s", "ok", "failed", "missing", "elapsed_s"]
+METRICS = ["tasks_per_s", "seconds", "p50_ms", "p99_ms", "wall_s", "ok", "failed", "missing", "elapsed_s",
+           "E_arg_mb_s", "E_result_mb_s", "E_many_mb_s", "E_arg_s", "E_result_s", "E_many_s", "E_gen_s"]
 PKGS = ["celery", "kombu", "billiard", "redis", "rq", "dask", "distributed", "cloudpickle", "tornado", "msgpack"]
 
 

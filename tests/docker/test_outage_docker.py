@@ -14,7 +14,7 @@ import pytest
 
 from jobgrid import Client
 from jobgrid.client import build_spec
-from jobgrid.history import HistoryRecorder, check
+from harness.history import HistoryRecorder, check
 
 pytestmark = pytest.mark.docker
 
