@@ -115,7 +115,7 @@ def test_gather_of_200_wait_result_calls_shares_a_few_requests(cluster_factory):
     async def go() -> tuple[list, int]:
         async with AsyncClient([n.url for n in nodes], timeout=30.0) as client:
             polls = most = 0
-            send = client._send
+            send = client._transport._send
 
             async def counting(base, method, path, *a, **kw):  # a spy on the real transport
                 nonlocal polls, most
@@ -127,7 +127,7 @@ def test_gather_of_200_wait_result_calls_shares_a_few_requests(cluster_factory):
                     return await send(base, method, path, *a, **kw)
                 finally:
                     polls -= 1
-            client._send = counting  # type: ignore[method-assign]
+            client._transport._send = counting  # type: ignore[method-assign]
             futs = await client.submit_many([build_spec("call", target="jobgrid.examples:sleep", args=[0.02, i])
                                              for i in range(200)])
             ids = [f.job_id for f in futs]

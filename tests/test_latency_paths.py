@@ -64,11 +64,11 @@ def test_the_client_streams_small_submissions_and_takes_results_from_the_ack(clu
             for i in range(20):
                 assert await (await c.submit(examples.noop, i)) == i
             # every one of those results came with its ack: the client never had to wait for one
-            assert c._waiter is None
-            assert len(c._links) == 1 and c._streaming
+            assert c._results.poller is None
+            assert len(c._transport._links) == 1 and c._transport._streaming
             # a large batch is acked at once and its results waited for (over the same stream)
             assert await c.map(examples.square, range(100)) == [x * x for x in range(100)]
-            assert c._waiter is not None and len(c._links) == 1
+            assert c._results.poller is not None and len(c._transport._links) == 1
 
     asyncio.run(go())
 

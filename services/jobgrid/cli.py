@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -194,7 +193,7 @@ def _submit_repeat(args: argparse.Namespace) -> int:
         colour = "red" if bad else "green"
         out.print(f"[{colour}]{len(results) - len(bad)}/{len(results)} succeeded, {len(bad)} failed[/]")
         for r in bad:
-            _print_result(r)
+            print_result(r)
         return 1 if bad else 0
 
 
@@ -213,11 +212,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
                       console=err, transient=True) as prog:
             prog.add_task(fut.job_id)
             res = c.wait_result(fut.job_id, timeout=args.wait_timeout)
-        _print_result(res)
+        print_result(res)
         return 0 if res.state == "succeeded" else 1
 
 
-def _print_result(res) -> None:
+def print_result(res) -> None:
+    """A result record: state, where it ran, output, value, error; the traceback once (a script's is in its stderr)."""
     colour = "green" if res.state == "succeeded" else "red"
     out.print(f"[{colour}]{res.job_id}: {res.state}[/] (node {res.node}, attempts {res.attempts}"
               + (f", exit code {res.exit_code}" if res.exit_code is not None else "") + ")")
@@ -231,20 +231,26 @@ def _print_result(res) -> None:
         out.print(f"value: {res.value.decode()}")
     if res.error:
         out.print(f"[red]error: {res.error}[/]")
-    if res.traceback and res.state == "failed":
+    if res.traceback and res.state == "failed" and res.traceback.strip() not in res.stderr:
         out.out(res.traceback)
 
 
 def cmd_result(args: argparse.Namespace) -> int:
     with _client(args) as c:
         res = c.wait_result(args.id, timeout=args.wait_timeout if args.wait else 0.0)
-        _print_result(res)
+        print_result(res)
         return 0 if res.state == "succeeded" else 1
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
     with _client(args) as c:
         sl = c.servers()
+    print_servers(sl)
+    return 0 if sl.serving else 1
+
+
+def print_servers(sl) -> None:
+    """The server list as a table, after a red line if the node that answered is not serving."""
     if not sl.serving:
         err.print(f"node {sl.me} is not serving: {sl.reason}", style="bold red", markup=False, soft_wrap=True)
     t = Table(title=f"ring epoch {sl.epoch} (answered by {sl.me})")
@@ -255,7 +261,6 @@ def cmd_servers(args: argparse.Namespace) -> int:
         t.add_row(s.id, f"{s.location:#018x}", f"{s.ip}:{s.port}", str(s.active), str(s.backup),
                   f"{max(0.0, now - s.timestamp):.1f}s" if s.timestamp else "-", s.status)
     out.print(t)
-    return 0 if sl.serving else 1
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -280,34 +285,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    """The seed's interactive client: type a script path with arguments, or a Python expression."""
+    """The seed's interactive client: script paths, Python expressions and the client's own commands."""
+    from .interactive import run
     with _client(args) as c:
-        out.print(f"jobgrid client for {args.host}:{args.port}. Type 'path/to/script.py ARGS' or a Python "
-                  "expression; 'quit' to leave.")
-        while True:
-            try:
-                line = input("jobgrid> ").strip()
-            except EOFError:
-                break
-            if not line:
-                continue
-            if line in ("quit", "exit"):
-                break
-            try:
-                parts = shlex.split(line)
-                if parts[0].endswith(".py"):
-                    fut = c.submit_script(Path(parts[0]), parts[1:])
-                else:
-                    compile(line, "<expr>", "eval")
-                    fut = c.submit_script(f"print(repr({line}))", [], name="expression")
-                out.print(f"submitted {fut.job_id}")
-                res = c.wait_result(fut.job_id, timeout=args.timeout)
-                _print_result(res)
-            except SyntaxError as e:
-                err.print(f"[red]not a script path or a Python expression: {e.msg}[/]")
-            except JobgridError as e:
-                err.print(f"[red]error: {e}[/]")
-    return 0
+        return run(c, f"{args.host}:{args.port}", args.timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:

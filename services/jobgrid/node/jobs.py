@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
-from .batching import GroupCommit
+from ..batching import GroupCommit
 from ..errors import JobgridError, ProtocolError, Unavailable
 from ..logs import bind_cause, current_cause
 from ..membership import RingChange

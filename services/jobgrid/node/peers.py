@@ -20,7 +20,7 @@ from ..logs import CAUSE_HEADER, current_cause
 from ..protocol import RingState
 from ..settings import PeerTimeouts
 from .auth import NODE_HEADER
-from .stream import Link
+from ..framing import Link
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class Peers:
         # bind outgoing connections to our own address, so links between nodes on 127.0.0.x can be cut
         self.local_addr = (local_host, 0) if local_host else None
         self._sessions: dict[str, aiohttp.ClientSession] = {}
-        # POST /peer/* messages go over one WebSocket per peer (stream.py) unless `stream` is off
+        # POST /peer/* messages go over one WebSocket per peer (framing.Link) unless `stream` is off
         self.stream = stream
         self._links: dict[str, Link] = {}
         self._closed = False

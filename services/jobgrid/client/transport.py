@@ -3,7 +3,7 @@
 Addresses given first, then the grid's server list (learned from the nodes that answer and refreshed
 when the client fails over); submissions and result waits over each node's stream (calls queued here
 below the node's in-flight limit), everything else as HTTP requests; 502/503/504 and 429 honoured with
-their Retry-After. `AsyncClient` (client.py) is built on it.
+their Retry-After. `AsyncClient` (aio.py) sends everything through one.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from .codec import JSON, MSGPACK, decode, encode
-from .errors import ConfigError, GridUnavailable, JobNotFound, ProtocolError
-from .logs import CAUSE_HEADER
-from .node.stream import STREAM_PATH, Link
-from .protocol import ServerList
+from ..codec import JSON, MSGPACK, decode, encode
+from ..errors import ConfigError, GridUnavailable, JobNotFound, ProtocolError
+from ..framing import STREAM_PATH, Link
+from ..logs import CAUSE_HEADER
+from ..protocol import ServerList
 
 _STREAMED = frozenset({"/jobs", "/results/wait"})  # sent over the node's stream (see Transport._send)
 _STREAM_SLOTS = 32  # calls in flight per stream; more wait here (a node refuses more than its limit with 429)
@@ -84,7 +84,7 @@ class Transport:
                                                   connector=aiohttp.TCPConnector(limit=64, ssl=self.ssl or None))
         return self._session
 
-    async def _call(self, method: str, path: str, body: Any, reply: type, *, timeout: float | None = None,
+    async def call(self, method: str, path: str, body: Any, reply: type, *, timeout: float | None = None,
                     cause: str | None = None, poll: float = 0.0, again: Any = None) -> Any:
         """One request, failing over until `timeout` (the client's by default) runs out.
 
@@ -167,6 +167,19 @@ class Transport:
             raw = await r.read()
             after = _retry_after(raw, r.headers.get("Retry-After")) if r.status >= 400 else None
             return r.status, raw, MSGPACK if r.content_type == MSGPACK else JSON, after
+
+    async def close(self) -> None:
+        """Stop learning the server list, close the streams and the HTTP session."""
+        self._closed = True
+        tasks = list(self._background)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for link in self._links.values():
+            await link.close()
+        self._links.clear()
+        if self._session is not None:
+            await self._session.close()
 
     def _rotate(self) -> None:
         self._current = (self._current + 1) % len(self.addresses)
