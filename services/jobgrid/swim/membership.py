@@ -1,0 +1,427 @@
+"""`SwimMembership`: the all-to-all `Membership`'s views and ring semantics, with SWIM underneath.
+
+The node shell drives it like today's `Membership`: it feeds messages (`receive(msg, now)`) and timers
+(`tick(now)`, due at `next_timer()`) and carries out the returned `Step`: messages to send, rings
+adopted (each with its `RingChange`, exactly what `Membership.adopt` returns), and whether this node
+was removed (rejoin as a new incarnation: `rejoin`). Views are unchanged: `members`, `successors`,
+`promoter_for`, `status`, `leader`, `has_quorum`, `adopt`, `ring_problem`.
+
+Ring semantics kept: rings are keyed (epoch, proposer) and adopted only upwards; only the leader (lowest
+position not dead) changes the ring, and only while it has quorum; every change is committed by a
+majority of the ring before it (rounds.py), so a minority side never removes or admits anyone, never
+promotes, and two sides can never commit different rings for one epoch, whatever each side believes.
+
+Quorum (what a node serves by: accepts, leases, records). With SWIM a node hears only ~2 members per
+period, so "a majority answered my heartbeats within the fence window" cannot be checked. A node has
+quorum when all of these hold:
+ 1. it is a member of its ring;
+ 2. a probe it *sent* within `fence_periods` was answered (directly or through a helper). A node cut off
+    from everyone, or paused and resumed (send times, not arrival times, count), fences within 3
+    periods, shorter than the shortest suspicion (4 periods; checked in config), so before any member
+    can even declare it dead;
+ 3. more than half of its last `fence_probes` (8) probes were answered. Probe targets are uniform over
+    the ring, so the answered fraction estimates the part of the ring it can reach: a node in a side of
+    fraction f reaches f of it. A small side (f < 0.3) fences in about 4-5 periods this way; near half
+    the estimate is noisy and rule 4 decides;
+ 4. the members it holds alive (neither suspect nor dead, itself included) are a strict majority of its
+    ring. A minority side's probes into the other side fail, so its members suspect the other side's
+    members and spread the suspicions by gossip among themselves; a node fences once it holds half of
+    the ring not alive. A side of fraction f makes f(1-f)N failed probes per period over (1-f)N
+    members, so the suspected part of the other side after t periods is about 1 - exp(-f t), and 4
+    needs 1/(2(1-f)) of it: 4.5 periods for f = 0.4, 8 for f = 0.49, plus the gossip's spread (about
+    log N periods, with each message carrying `max_piggyback` updates).
+The majority side keeps quorum (it holds more than half alive) and removes the minority's members only
+after their suspicion runs out (4 log10 N periods at least: 12 at 1,000 members), plus a ring round;
+the simulation (harness/sim) measures both sides' times at 40/60. A split exactly in half leaves no
+side with quorum: both fence, nothing is removed, and the grid resumes at the heal.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..membership import Membership, RingChange
+from ..protocol import Member, RingState
+from .config import SwimConfig
+from .detector import DEAD, SUSPECT, Detector
+from .joins import Joiner, JoinQueue, place
+from .messages import (
+    Accept, Accepted, Ack, JoinRedirect, JoinReply, JoinRequest, NodeUpdate, Ping, PingReq, Prepare, Promise,
+    RingDelta, RingPull, RingPush, SwimMessage,
+)
+from .rounds import Acceptor, Round
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send `msg` to the node at `addr` (`to`: its id, "" for a join contact known by address only)."""
+
+    to: str
+    addr: Address
+    msg: SwimMessage
+
+
+@dataclass
+class Step:
+    send: list[Send] = field(default_factory=list)
+    adopted: list[tuple[RingState, RingChange]] = field(default_factory=list)  # in order; persist each
+    events: list[tuple[str, str]] = field(default_factory=list)  # (kind, subject) for the logs
+    removed: bool = False  # a ring without this node was adopted: rejoin as a new incarnation
+
+
+class SwimMembership(Membership):
+    def __init__(self, me: str, address: Address, cfg: SwimConfig, rng: random.Random, now: float,
+                 replicas: int = 3, ring: RingState | None = None) -> None:
+        super().__init__(me=me, ring=RingState(epoch=0, members=[]), replicas=replicas,
+                         failure_timeout=cfg.suspicion_min(1), fence_window=cfg.fence_periods * cfg.period,
+                         started=now)
+        self.address = address
+        self.cfg = cfg
+        self.rng = rng
+        self.det = Detector(me, cfg, rng, now)
+        self.acceptor = Acceptor(slot=1)
+        self.round: Round | None = None
+        self.round_no = 0
+        self.joins = JoinQueue()
+        self.joiner: Joiner | None = None
+        self.addresses: dict[str, Address] = {}
+        self.queued = 0  # this node's queued jobs, told to peers on probe traffic (set by the shell)
+        self._sorted: tuple[tuple[int, str], list[Member]] = ((-1, ""), [])
+        self._behind: tuple[float, str] | None = None  # since when, and who is ahead
+        self._behind_epoch = 0
+        self._retry_at = float("-inf")
+        self._retry_pending = False  # a round is to be tried again at _retry_at
+        self._pulled_at = float("-inf")
+        self._step = Step()
+        if ring is not None:
+            self.adopt(ring, now)
+
+    # ---- views -------------------------------------------------------------------------------------
+    @property
+    def members(self) -> list[Member]:
+        if self._sorted[0] != self.ring.key():
+            self._sorted = (self.ring.key(), sorted(self.ring.members, key=lambda m: m.location))
+        return self._sorted[1]
+
+    def status(self, node_id: str, now: float) -> str:
+        return self.det.state(node_id) if node_id == self.me or node_id in self.det.peers else "dead"
+
+    def has_quorum(self, now: float) -> bool:
+        if not self.is_member:
+            return False
+        n = len(self.ring.members)
+        if n == 1:
+            return True
+        return (now - self.det.last_ack <= self.fence_window and self.det.probes_answered()
+                and 2 * self.det.alive_count() > n)
+
+    def leader(self, now: float) -> str | None:
+        for m in self.members:
+            if self.det.state(m.id) != DEAD:
+                return m.id
+        return None
+
+    def propose_removals(self, now: float) -> RingState | None:
+        """Never: with SWIM the leader removes members through a majority round (`tick`)."""
+        return None
+
+    def next_timer(self) -> float:
+        t = self.det.next_timer() if self.is_member else float("inf")
+        if self.round is not None:
+            t = min(t, self.round.deadline)
+        elif self._retry_pending:
+            t = min(t, self._retry_at)
+        if self.joiner is not None and not self.is_member:
+            t = min(t, self.joiner.next_try)
+        if self._behind is not None and self.is_member:
+            t = min(t, max(self._behind[0], self._pulled_at) + self.cfg.pull_periods * self.cfg.period)
+        return t
+
+    # ---- rings -------------------------------------------------------------------------------------
+    def adopt(self, new: RingState, now: float) -> RingChange | None:
+        was = self.is_member
+        change = super().adopt(new, now)
+        if change is None:
+            return None
+        for m in new.members:
+            self.addresses[m.id] = (m.ip, m.port)
+        self.det.set_members([m.id for m in new.members], now)
+        self.acceptor.moved_to(new.epoch + 1)
+        if self.round is not None and self.round.slot <= new.epoch:
+            self.round = None
+        self.joins.admitted([m.id for m in change.added])
+        if self._behind is not None and (self.ring.epoch >= self._behind_epoch or not change.i_am_member):
+            self._behind = None
+        if change.i_am_member and not was:
+            self.joiner = None
+            self.det.last_ack = now
+            self.det.next_period = now + self.rng.random() * self.cfg.period
+        self._step.adopted.append((new, change))
+        if was and not change.i_am_member:
+            self._step.removed = True
+        return change
+
+    def _take(self, new: RingState, now: float) -> bool:
+        """Adopt a ring that came from elsewhere, if it is newer and keeps every ring invariant."""
+        if new.key() <= self.ring.key():
+            return False
+        why = self.ring_problem(new, self.address)
+        if why is not None:
+            self._step.events.append(("ring_refused", why))
+            return False
+        return self.adopt(new, now) is not None
+
+    def found(self, now: float, location: int = 0, epoch: int = 1) -> Step:
+        """Start a new grid: a ring of this node alone."""
+        self.adopt(RingState(epoch=epoch, members=[Member(id=self.me, location=location, ip=self.address[0],
+                                                          port=self.address[1])], proposer=self.me), now)
+        return self._done()
+
+    def join(self, contacts: list[Address], now: float) -> Step:
+        """Ask to be admitted, through any of `contacts` (a member redirects to its leader)."""
+        self.joiner = Joiner(contacts=list(contacts), retry=self.cfg.join_retry_periods * self.cfg.period,
+                             next_try=now)
+        return self.tick(now)
+
+    def rejoin(self, new_id: str, now: float) -> Step:
+        """Removed while alive: come back as a new incarnation through the members of the ring that removed us."""
+        old = self.ring
+        self.me = new_id
+        self.det = Detector(new_id, self.cfg, self.rng, now)
+        self.acceptor = Acceptor(slot=old.epoch + 1)
+        self.round, self.joins, self._behind = None, JoinQueue(), None
+        contacts = [(m.ip, m.port) for m in self.members]
+        return self.join(contacts, now)
+
+    # ---- timers --------------------------------------------------------------------------------------
+    def tick(self, now: float) -> Step:
+        if self.is_member:
+            for to, kind, seq, target in self.det.tick(now):
+                if kind == "ping":
+                    self._ping(to, seq, target)
+                else:
+                    self._send(to, PingReq(**self._hdr(), seq=seq, target=target, updates=self._gossip()))
+            if self.round is not None and now >= self.round.deadline:
+                self._give_up(self.round, now)
+            if now >= self._retry_at:
+                self._retry_pending = False
+                self._lead(now)
+            if self._behind is not None:
+                self._maybe_pull(now)
+        elif self.joiner is not None:
+            addr = self.joiner.due(now)
+            if addr is not None:
+                self._send("", JoinRequest(**self._hdr()), addr)
+        return self._done()
+
+    def _lead(self, now: float) -> None:
+        """The leader with quorum starts a round for the dead members and waiting joiners."""
+        if self.round is not None or self.leader(now) != self.me or not self.has_quorum(now):
+            return
+        dead = [m.id for m in self.ring.members if self.det.state(m.id) == DEAD]
+        joiners = self.joins.batch(self.cfg.join_batch, {m.id for m in self.ring.members})
+        if not dead and not joiners:
+            return
+        delta = RingDelta(base_epoch=self.ring.epoch, base_proposer=self.ring.proposer, epoch=self.ring.epoch + 1,
+                          proposer=self.me, added=place(self.ring, set(dead), joiners), removed=dead)
+        self.round_no += 1
+        rnd = self.round = Round(base=self.ring, ballot=(self.round_no, self.me), proposal=delta,
+                                 deadline=now + self.cfg.round_periods * self.cfg.period)
+        self._step.events.append(("round", f"{rnd.slot}:{len(dead)}-{len(joiners)}+"))
+        for m in self.ring.members:
+            if m.id != self.me and self.det.state(m.id) != DEAD:
+                self._send(m.id, Prepare(**self._hdr(), slot=rnd.slot, round=self.round_no))
+        ok = self.acceptor.prepare(rnd.slot, rnd.ballot)
+        value = rnd.on_promise(self.me, ok, self.acceptor.accepted_ballot, self.acceptor.accepted,
+                               self.acceptor.promised)
+        if value is not None:
+            self._accept_phase(rnd, now)
+
+    def _give_up(self, rnd: Round, now: float) -> None:
+        """A round that cannot succeed: try again (with a higher ballot) after one probe timeout, by when
+        voters that were behind (joiners whose welcome was still in flight) have caught up."""
+        self._step.events.append(("round_abandoned", str(rnd.slot)))
+        self.round_no = max(self.round_no, rnd.refused_by[0])
+        self.round = None
+        self._pause_rounds(now)
+
+    def _pause_rounds(self, now: float) -> None:
+        self._retry_at, self._retry_pending = now + self.cfg.probe_timeout, True
+
+    def _accept_phase(self, rnd: Round, now: float) -> None:
+        assert rnd.value is not None
+        for m in rnd.base.members:
+            if m.id != self.me and self.det.state(m.id) != DEAD:
+                self._send(m.id, Accept(**self._hdr(), slot=rnd.slot, round=rnd.ballot[0], value=rnd.value))
+        ok = self.acceptor.accept(rnd.slot, rnd.ballot, rnd.value)
+        if rnd.on_accepted(self.me, ok, self.acceptor.promised):
+            self._commit(rnd, now)
+
+    def _commit(self, rnd: Round, now: float) -> None:
+        assert rnd.value is not None
+        value, new = rnd.value, rnd.value.apply(rnd.base)
+        self.round = None
+        if not self._take(new, now):
+            return
+        self._step.events.append(("committed", f"{new.epoch}:{new.proposer}"))
+        self.det.queue.push(value)
+        for m in value.added:
+            self._send(m.id, JoinReply(**self._hdr(), ring=new), (m.ip, m.port))
+        self._pause_rounds(now)  # the next round once the newcomers have their welcome and can vote
+
+    # ---- messages ------------------------------------------------------------------------------------
+    def receive(self, msg: SwimMessage, now: float) -> Step:
+        if msg.sender == self.me:
+            return self._done()
+        self.addresses[msg.sender] = (msg.ip, msg.port)
+        if isinstance(msg, (Ping, Ack, PingReq)):
+            for u in msg.updates:
+                if isinstance(u, NodeUpdate):
+                    if self.is_member:
+                        self.det.apply(u, now)
+                elif self.is_member:
+                    self._on_delta(u, msg.sender, now)
+        handler = getattr(self, "_on_" + type(msg).__name__.lower())
+        handler(msg, now)
+        if msg.ring_key() > self.ring.key() and self.is_member:
+            if isinstance(msg, (Prepare, Accept)):  # a vote is waiting on us: no time for gossip
+                self._behind = (float("-inf"), msg.sender)
+                self._behind_epoch = max(self._behind_epoch, msg.epoch)
+            elif self._behind is None:
+                self._behind = (now, msg.sender)
+                self._behind_epoch = msg.epoch
+            else:
+                self._behind = (self._behind[0], msg.sender)
+                self._behind_epoch = max(self._behind_epoch, msg.epoch)
+            self._maybe_pull(now)
+        return self._done()
+
+    def _on_delta(self, d: RingDelta, sender: str, now: float) -> None:
+        if d.base_key() == self.ring.key():
+            if self._take(d.apply(self.ring), now):
+                self.det.queue.push(d)  # infection style: what we learn, we pass on
+
+    def _maybe_pull(self, now: float) -> None:
+        """Behind for `pull_periods` (gossip did not bring the change): ask a node that is ahead."""
+        assert self._behind is not None
+        since, who = self._behind
+        wait = self.cfg.pull_periods * self.cfg.period
+        if now - since >= wait and now - self._pulled_at >= wait:
+            self._pulled_at = now
+            self._send(who, RingPull(**self._hdr()))
+
+    def _on_ping(self, msg: Ping, now: float) -> None:
+        self.heard[msg.sender] = now
+        self.active[msg.sender] = msg.active
+        if msg.target == self.me:
+            self._send(msg.sender, Ack(**self._hdr(), seq=msg.seq, about=self.me, updates=self._gossip(),
+                                       active=self.queued))
+
+    def _on_ack(self, msg: Ack, now: float) -> None:
+        self.heard[msg.sender] = now
+        if msg.about == msg.sender:
+            self.active[msg.sender] = msg.active
+        fw = self.det.on_ack(msg)
+        if fw is not None:
+            self._send(fw[0], Ack(**self._hdr(), seq=fw[1], about=msg.about, updates=self._gossip()))
+
+    def _on_pingreq(self, msg: PingReq, now: float) -> None:
+        target, seq = self.det.on_ping_req(msg, now)
+        self._ping(target, seq, target)
+
+    def _on_prepare(self, msg: Prepare, now: float) -> None:
+        self.round_no = max(self.round_no, msg.round)
+        a = self.acceptor
+        ok = msg.ring_key() == self.ring.key() and self.is_member and a.prepare(msg.slot, (msg.round, msg.sender))
+        self._send(msg.sender, Promise(**self._hdr(), slot=msg.slot, round=msg.round, leader=msg.sender, ok=ok,
+                                       promised_round=a.promised[0], promised_leader=a.promised[1],
+                                       accepted_round=a.accepted_ballot[0], accepted_leader=a.accepted_ballot[1],
+                                       accepted=a.accepted if ok else None))
+
+    def _on_promise(self, msg: Promise, now: float) -> None:
+        self.round_no = max(self.round_no, msg.promised_round)
+        rnd = self.round
+        if rnd is None or msg.slot != rnd.slot or (msg.round, msg.leader) != rnd.ballot:
+            return
+        if rnd.on_promise(msg.sender, msg.ok, (msg.accepted_round, msg.accepted_leader), msg.accepted,
+                          (msg.promised_round, msg.promised_leader)) is not None:
+            self._accept_phase(rnd, now)
+        elif rnd.hopeless():
+            self._give_up(rnd, now)
+
+    def _on_accept(self, msg: Accept, now: float) -> None:
+        ok = (msg.ring_key() == self.ring.key() and self.is_member
+              and self.acceptor.accept(msg.slot, (msg.round, msg.sender), msg.value))
+        self._send(msg.sender, Accepted(**self._hdr(), slot=msg.slot, round=msg.round, leader=msg.sender, ok=ok))
+
+    def _on_accepted(self, msg: Accepted, now: float) -> None:
+        rnd = self.round
+        if rnd is not None and msg.slot == rnd.slot and (msg.round, msg.leader) == rnd.ballot:
+            if rnd.on_accepted(msg.sender, msg.ok):
+                self._commit(rnd, now)
+            elif rnd.hopeless():
+                self._give_up(rnd, now)
+
+    def _on_ringpull(self, msg: RingPull, now: float) -> None:
+        if self.ring.members:
+            self._send(msg.sender, RingPush(**self._hdr(), ring=self.ring))
+
+    def _on_ringpush(self, msg: RingPush, now: float) -> None:
+        if self.is_member or self.joiner is None or any(m.id == self.me for m in msg.ring.members):
+            self._take(msg.ring, now)
+
+    def _on_joinrequest(self, msg: JoinRequest, now: float) -> None:
+        if not self.is_member:
+            return
+        if self.member(msg.sender) is not None:
+            self._send(msg.sender, JoinReply(**self._hdr(), ring=self.ring))
+            return
+        lead = self.leader(now)
+        if lead == self.me:
+            if self.has_quorum(now):
+                self.joins.add(msg.sender, msg.ip, msg.port)
+                self._step.events.append(("join_queued", msg.sender))
+                if now >= self._retry_at:
+                    self._lead(now)
+        elif lead is not None:
+            leader = self.member(lead)
+            assert leader is not None
+            self._send(msg.sender, JoinRedirect(**self._hdr(), leader=leader))
+
+    def _on_joinredirect(self, msg: JoinRedirect, now: float) -> None:
+        if self.joiner is not None and not self.is_member:
+            addr = self.joiner.redirected(msg.leader, now)
+            self._send(msg.leader.id, JoinRequest(**self._hdr()), addr)
+
+    def _on_joinreply(self, msg: JoinReply, now: float) -> None:
+        if self.is_member or any(m.id == self.me for m in msg.ring.members):
+            self._take(msg.ring, now)
+
+    # ---- helpers -----------------------------------------------------------------------------------------
+    def _hdr(self) -> dict:
+        return {"sender": self.me, "ip": self.address[0], "port": self.address[1], "epoch": self.ring.epoch,
+                "proposer": self.ring.proposer}
+
+    def _send(self, to: str, msg: SwimMessage, addr: Address | None = None) -> None:
+        addr = addr or self.addresses.get(to)
+        if addr is not None:
+            self._step.send.append(Send(to=to, addr=addr, msg=msg))
+
+    def _gossip(self) -> list:
+        return self.det.queue.take(self.cfg.retransmit_limit(self.det.n()), self.cfg.max_piggyback)
+
+    def _ping(self, to: str, seq: int, target: str) -> None:
+        ups = self._gossip()
+        p = self.det.peers.get(target)
+        if p is not None and p.state == SUSPECT:  # tell it, so that it can refute at once
+            ups = [NodeUpdate(node=target, state=SUSPECT, incarnation=p.incarnation, origin=self.me), *ups]
+        self._send(to, Ping(**self._hdr(), seq=seq, target=target, updates=ups, active=self.queued))
+
+    def _done(self) -> Step:
+        step, self._step = self._step, Step()
+        step.events.extend(self.det.events)
+        self.det.events.clear()
+        return step
