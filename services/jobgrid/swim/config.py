@@ -44,16 +44,16 @@ class SwimConfig:
     suspicion_mult: int = 4        # suspicion lasts suspicion_mult * max(1, log10 N) periods at least ...
     suspicion_max_mult: int = 6    # ... and this many times that at most (fewer independent confirmations)
     max_piggyback: int = 32        # updates carried by one message (peer messages are HTTP, not 1.4 kB UDP)
-    fence_periods: float = 3.0     # no answered probe sent within this many periods: fenced
-    fence_probes: int = 8          # ... or at most half of the last this many probes answered: fenced
+    fence_fraction: float = 0.5    # no answered probe sent within this part of the shortest suspicion: fenced
+    fence_probes: int = 8          # ... or fewer than a quarter of the last this many probes answered: fenced
     round_periods: float = 4.0     # a ring round not decided in this many periods is abandoned
     join_batch: int = 64           # joiners admitted by one ring change
     join_retry_periods: float = 6.0  # a joiner with no answer asks again after this many periods
-    pull_periods: float = 2.0      # an unanswered ring pull may be sent again after this many periods
+    reconnect_periods: int = 4     # every this many periods, ping one member held dead (it may be back)
+    pull_periods: float = 3.0      # an unanswered ring pull may be sent again after this many periods
 
     def __post_init__(self) -> None:
-        for name in ("period", "probe_timeout", "fence_periods", "round_periods", "join_retry_periods",
-                     "pull_periods"):
+        for name in ("period", "probe_timeout", "round_periods", "join_retry_periods", "pull_periods"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or v <= 0:
                 raise ConfigError(f"swim {name} must be a positive number, got {v!r}")
@@ -61,13 +61,17 @@ class SwimConfig:
             raise ConfigError(f"swim probe_timeout ({self.probe_timeout}) must be shorter than the period "
                               f"({self.period}): the indirect probes need the rest of it")
         for name in ("indirect_checks", "retransmit_mult", "suspicion_mult", "suspicion_max_mult",
-                     "max_piggyback", "join_batch", "fence_probes"):
+                     "max_piggyback", "join_batch", "fence_probes", "reconnect_periods"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"swim {name} must be a positive whole number, got {v!r}")
-        if self.fence_periods * self.period >= self.suspicion_min(1):
-            raise ConfigError("swim fence_periods must be shorter than the shortest suspicion "
-                              f"({self.suspicion_min(1):.2f} s): a cut-off node must fence before it is removed")
+        if not 0 < self.fence_fraction < 1:
+            raise ConfigError(f"swim fence_fraction must be between 0 and 1, got {self.fence_fraction!r}: a cut-off "
+                              "node must fence before anyone can declare it dead")
+
+    def fence_window(self, n: int) -> float:
+        """How old the newest answered probe may be (by its send time) for a node to keep quorum."""
+        return self.fence_fraction * self.suspicion_min(n)
 
     def retransmit_limit(self, n: int) -> int:
         """How many times one update is piggybacked: lambda * ceil(log10(N + 1)) (memberlist)."""

@@ -13,6 +13,8 @@ memberlist's state.go:
   it raises its incarnation above the accusation and gossips `alive`, which overrides suspect/dead at a
   lower incarnation.
 - Every state change this node learns or makes is queued for piggybacking (gossip.py).
+- Every `reconnect_periods` a node pings one member it holds dead (Serf's reconnect): after a partition
+  heals, the answer carries the other side's ring key, and the node catches up (membership.py).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Probe:
     end: float
     acked: bool = False
     indirect: bool = False
+    counted: bool = True  # the target was held alive when probed: the outcome says how reachable we are
 
 
 class Detector:
@@ -88,6 +91,7 @@ class Detector:
         self.last_ack = now  # send time of the newest probe answered (start: a fence window of grace)
         self.outcomes: list[bool] = []  # answered or not, for this node's last probes (newest last)
         self.n_alive = 1  # members held alive, this node included
+        self.periods = 0
         self.events: list[tuple[str, str]] = []  # (kind, member): suspect, dead, alive, refute
 
     # ---- the member list (the ring's members) ---------------------------------------------------------
@@ -212,7 +216,8 @@ class Detector:
                 out.append((h, "ping-req", pr.seq, pr.target))
         if pr is not None and now >= pr.end:
             self.probe = None
-            self._outcome(pr.acked)
+            if pr.counted:
+                self._outcome(pr.acked)
             p = self.peers.get(pr.target)
             if not pr.acked and p is not None and p.state != DEAD:  # a suspect one: we confirm it
                 self.apply(NodeUpdate(node=pr.target, state=SUSPECT, incarnation=p.incarnation, origin=self.me), now)
@@ -222,11 +227,18 @@ class Detector:
             self.next_period += self.cfg.period
             if self.next_period <= now:  # we were held up (paused): start afresh, do not catch up
                 self.next_period = now + self.cfg.period
+            self.periods += 1
+            if self.periods % self.cfg.reconnect_periods == 0:  # (Serf's reconnect) has a dead member come back?
+                dead = [m for m in self.order if self.peers[m].state == DEAD]
+                if dead:
+                    self.seq += 1
+                    lost = self.rng.choice(dead)
+                    out.append((lost, "ping", self.seq, lost))
             target = self._next_target()
             if target is not None:
                 self.seq += 1
                 self.probe = Probe(seq=self.seq, target=target, sent=now, indirect_at=now + self.cfg.probe_timeout,
-                                   end=now + self.cfg.period)
+                                   end=now + self.cfg.period, counted=self.peers[target].state == ALIVE)
                 out.append((target, "ping", self.seq, target))
         return out
 
@@ -235,9 +247,9 @@ class Detector:
         if len(self.outcomes) > self.cfg.fence_probes:
             del self.outcomes[0]
 
-    def probes_answered(self) -> bool:
-        """More than half of this node's last probes were answered (True before its first outcome)."""
-        return not self.outcomes or 2 * sum(self.outcomes) > len(self.outcomes)
+    def reachable(self) -> bool:
+        """At least a quarter of this node's last probes of members it held alive were answered."""
+        return 4 * sum(self.outcomes) >= len(self.outcomes)
 
     def _next_target(self) -> str | None:
         for _ in range(2 * len(self.order) + 1):

@@ -38,6 +38,7 @@ side with quorum: both fence, nothing is removed, and the grid resumes at the he
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass, field
 
@@ -76,7 +77,7 @@ class SwimMembership(Membership):
     def __init__(self, me: str, address: Address, cfg: SwimConfig, rng: random.Random, now: float,
                  replicas: int = 3, ring: RingState | None = None) -> None:
         super().__init__(me=me, ring=RingState(epoch=0, members=[]), replicas=replicas,
-                         failure_timeout=cfg.suspicion_min(1), fence_window=cfg.fence_periods * cfg.period,
+                         failure_timeout=cfg.suspicion_min(1), fence_window=cfg.fence_window(1),
                          started=now)
         self.address = address
         self.cfg = cfg
@@ -89,11 +90,13 @@ class SwimMembership(Membership):
         self.joiner: Joiner | None = None
         self.addresses: dict[str, Address] = {}
         self.queued = 0  # this node's queued jobs, told to peers on probe traffic (set by the shell)
-        self._sorted: tuple[tuple[int, str], list[Member]] = ((-1, ""), [])
+        self._sorted: tuple[tuple[int, str], list[Member], list[int]] = ((-1, ""), [], [])
+        self._index: tuple[tuple[int, str], dict[str, Member]] = ((-1, ""), {})
         self._behind: tuple[float, str] | None = None  # since when, and who is ahead
         self._behind_epoch = 0
         self._retry_at = float("-inf")
         self._retry_pending = False  # a round is to be tried again at _retry_at
+        self._last_delta: RingDelta | None = None  # the change that made our ring, if we learnt it as one
         self._pulled_at = float("-inf")
         self._step = Step()
         if ring is not None:
@@ -102,9 +105,28 @@ class SwimMembership(Membership):
     # ---- views -------------------------------------------------------------------------------------
     @property
     def members(self) -> list[Member]:
+        return self._by_location()[0]
+
+    def _by_location(self) -> tuple[list[Member], list[int]]:
         if self._sorted[0] != self.ring.key():
-            self._sorted = (self.ring.key(), sorted(self.ring.members, key=lambda m: m.location))
-        return self._sorted[1]
+            ms = sorted(self.ring.members, key=lambda m: m.location)
+            self._sorted = (self.ring.key(), ms, [m.location for m in ms])
+        return self._sorted[1], self._sorted[2]
+
+    def member(self, node_id: str) -> Member | None:
+        if self._index[0] != self.ring.key():
+            self._index = (self.ring.key(), {m.id: m for m in self.ring.members})
+        return self._index[1].get(node_id)
+
+    def successors(self, node_id: str, count: int | None = None) -> list[Member]:
+        """As `Membership.successors`, by bisection on the sorted ring (a ring of thousands changes often)."""
+        m = self.member(node_id)
+        if m is None:
+            return []
+        ms, locs = self._by_location()
+        n = min(self.replicas - 1 if count is None else count, len(ms) - 1)
+        i = bisect.bisect_right(locs, m.location)
+        return [ms[(i + j) % len(ms)] for j in range(max(0, n))]
 
     def status(self, node_id: str, now: float) -> str:
         return self.det.state(node_id) if node_id == self.me or node_id in self.det.peers else "dead"
@@ -115,7 +137,7 @@ class SwimMembership(Membership):
         n = len(self.ring.members)
         if n == 1:
             return True
-        return (now - self.det.last_ack <= self.fence_window and self.det.probes_answered()
+        return (now - self.det.last_ack <= self.cfg.fence_window(n) and self.det.reachable()
                 and 2 * self.det.alive_count() > n)
 
     def leader(self, now: float) -> str | None:
@@ -168,6 +190,7 @@ class SwimMembership(Membership):
         """Adopt a ring that came from elsewhere, if it is newer and keeps every ring invariant."""
         if new.key() <= self.ring.key():
             return False
+        self._last_delta = None
         why = self.ring_problem(new, self.address)
         if why is not None:
             self._step.events.append(("ring_refused", why))
@@ -233,7 +256,7 @@ class SwimMembership(Membership):
         self._step.events.append(("round", f"{rnd.slot}:{len(dead)}-{len(joiners)}+"))
         for m in self.ring.members:
             if m.id != self.me and self.det.state(m.id) != DEAD:
-                self._send(m.id, Prepare(**self._hdr(), slot=rnd.slot, round=self.round_no))
+                self._send(m.id, Prepare(**self._hdr(), slot=rnd.slot, round=self.round_no, catchup=self._last_delta))
         ok = self.acceptor.prepare(rnd.slot, rnd.ballot)
         value = rnd.on_promise(self.me, ok, self.acceptor.accepted_ballot, self.acceptor.accepted,
                                self.acceptor.promised)
@@ -255,7 +278,8 @@ class SwimMembership(Membership):
         assert rnd.value is not None
         for m in rnd.base.members:
             if m.id != self.me and self.det.state(m.id) != DEAD:
-                self._send(m.id, Accept(**self._hdr(), slot=rnd.slot, round=rnd.ballot[0], value=rnd.value))
+                self._send(m.id, Accept(**self._hdr(), slot=rnd.slot, round=rnd.ballot[0], value=rnd.value,
+                                        catchup=self._last_delta))
         ok = self.acceptor.accept(rnd.slot, rnd.ballot, rnd.value)
         if rnd.on_accepted(self.me, ok, self.acceptor.promised):
             self._commit(rnd, now)
@@ -267,6 +291,7 @@ class SwimMembership(Membership):
         if not self._take(new, now):
             return
         self._step.events.append(("committed", f"{new.epoch}:{new.proposer}"))
+        self._last_delta = value
         self.det.queue.push(value)
         for m in value.added:
             self._send(m.id, JoinReply(**self._hdr(), ring=new), (m.ip, m.port))
@@ -284,6 +309,8 @@ class SwimMembership(Membership):
                         self.det.apply(u, now)
                 elif self.is_member:
                     self._on_delta(u, msg.sender, now)
+        elif isinstance(msg, (Prepare, Accept)) and msg.catchup is not None and self.is_member:
+            self._on_delta(msg.catchup, msg.sender, now)
         handler = getattr(self, "_on_" + type(msg).__name__.lower())
         handler(msg, now)
         if msg.ring_key() > self.ring.key() and self.is_member:
@@ -302,6 +329,7 @@ class SwimMembership(Membership):
     def _on_delta(self, d: RingDelta, sender: str, now: float) -> None:
         if d.base_key() == self.ring.key():
             if self._take(d.apply(self.ring), now):
+                self._last_delta = d
                 self.det.queue.push(d)  # infection style: what we learn, we pass on
 
     def _maybe_pull(self, now: float) -> None:

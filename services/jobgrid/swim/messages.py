@@ -87,6 +87,7 @@ class Prepare(Msg, frozen=True, tag="prepare"):
 
     slot: Epoch
     round: Round
+    catchup: RingDelta | None = None  # the change that made the sender's ring: a voter one change behind applies it
 
 
 class Promise(Msg, frozen=True, tag="promise"):
@@ -105,6 +106,7 @@ class Accept(Msg, frozen=True, tag="accept"):
     slot: Epoch
     round: Round
     value: RingDelta
+    catchup: RingDelta | None = None
 
 
 class Accepted(Msg, frozen=True, tag="accepted"):

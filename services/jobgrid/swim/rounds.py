@@ -79,9 +79,8 @@ class Round:
     def slot(self) -> int:
         return self.base.epoch + 1
 
-    @property
-    def voters(self) -> frozenset[str]:
-        return frozenset(m.id for m in self.base.members)
+    def __post_init__(self) -> None:
+        self.voters: frozenset[str] = frozenset(m.id for m in self.base.members)
 
     def majority(self) -> int:
         return len(self.base.members) // 2 + 1
