@@ -91,6 +91,7 @@ class Detector:
         self.last_ack = now  # send time of the newest probe answered (start: a fence window of grace)
         self.outcomes: list[bool] = []  # answered or not, for this node's last probes (newest last)
         self.n_alive = 1  # members held alive, this node included
+        self.dead: set[str] = set()
         self.periods = 0
         self.events: list[tuple[str, str]] = []  # (kind, member): suspect, dead, alive, refute
 
@@ -99,11 +100,19 @@ class Detector:
         keep = set(ids) - {self.me}
         for gone in set(self.peers) - keep:
             self.n_alive -= self.peers.pop(gone).state == ALIVE
+            self.dead.discard(gone)
             self.suspicions.pop(gone, None)
-        for new in sorted(keep - set(self.peers)):
+        fresh = sorted(keep - set(self.peers))
+        for new in fresh:
             self.peers[new] = PeerState(since=now)
             self.n_alive += 1
-            self.order.insert(self.rng.randint(0, len(self.order)), new)
+        if len(fresh) > len(self.order):  # mostly new (a joiner's first ring): one shuffle, a fresh round
+            self.order += fresh
+            self.rng.shuffle(self.order)
+            self.idx = 0
+        else:
+            for new in fresh:
+                self.order.insert(self.rng.randint(0, len(self.order)), new)
         if len(self.order) != len(self.peers):
             self.order = [p for p in self.order if p in self.peers]
             self.idx = min(self.idx, len(self.order))
@@ -120,10 +129,15 @@ class Detector:
     def alive_count(self) -> int:
         return self.n_alive
 
-    def _set(self, p: PeerState, state: str, now: float) -> None:
+    def _set(self, node: str, state: str, now: float) -> None:
+        p = self.peers[node]
         if p.state != state:
             self.n_alive += (state == ALIVE) - (p.state == ALIVE)
             p.state, p.since = state, now
+            if state == DEAD:
+                self.dead.add(node)
+            else:
+                self.dead.discard(node)
 
     # ---- updates (memberlist's aliveNode / suspectNode / deadNode) ------------------------------------
     def apply(self, u: NodeUpdate, now: float) -> None:
@@ -140,7 +154,7 @@ class Detector:
             p.incarnation = u.incarnation
             self.suspicions.pop(u.node, None)
             if p.state != ALIVE:
-                self._set(p, ALIVE, now)
+                self._set(u.node, ALIVE, now)
                 self.events.append(("alive", u.node))
             self.queue.push(u)
         elif u.state == SUSPECT:
@@ -162,14 +176,14 @@ class Detector:
             if p.state == DEAD:
                 return
             p.incarnation = u.incarnation
-            self._set(p, DEAD, now)
+            self._set(u.node, DEAD, now)
             self.events.append(("dead", u.node))
             self.queue.push(u)
 
     def _suspect(self, node: str, inc: int, origin: str, now: float) -> None:
         p = self.peers[node]
         p.incarnation = inc
-        self._set(p, SUSPECT, now)
+        self._set(node, SUSPECT, now)
         n = self.n()
         k = self.cfg.confirmations_wanted(n)
         lo, hi = self.cfg.suspicion_min(n), self.cfg.suspicion_max(n)
@@ -211,8 +225,7 @@ class Detector:
         pr = self.probe
         if pr is not None and not pr.acked and not pr.indirect and now >= pr.indirect_at:
             pr.indirect = True
-            helpers = [m for m in self.order if m != pr.target and self.peers[m].state == ALIVE]
-            for h in self.rng.sample(helpers, min(self.cfg.indirect_checks, len(helpers))):
+            for h in self._helpers(pr.target):
                 out.append((h, "ping-req", pr.seq, pr.target))
         if pr is not None and now >= pr.end:
             self.probe = None
@@ -229,10 +242,9 @@ class Detector:
                 self.next_period = now + self.cfg.period
             self.periods += 1
             if self.periods % self.cfg.reconnect_periods == 0:  # (Serf's reconnect) has a dead member come back?
-                dead = [m for m in self.order if self.peers[m].state == DEAD]
-                if dead:
+                if self.dead:
                     self.seq += 1
-                    lost = self.rng.choice(dead)
+                    lost = self.rng.choice(sorted(self.dead))
                     out.append((lost, "ping", self.seq, lost))
             target = self._next_target()
             if target is not None:
@@ -241,6 +253,16 @@ class Detector:
                                    end=now + self.cfg.period, counted=self.peers[target].state == ALIVE)
                 out.append((target, "ping", self.seq, target))
         return out
+
+    def _helpers(self, target: str) -> list[str]:
+        """`indirect_checks` random members held alive, other than `target` (sampled, not scanned)."""
+        k = self.cfg.indirect_checks
+        pool = self.rng.sample(self.order, min(len(self.order), 4 * k + 4))
+        got = [m for m in pool if m != target and self.peers[m].state == ALIVE][:k]
+        if len(got) < k and len(pool) < len(self.order):
+            alive = [m for m in self.order if m != target and self.peers[m].state == ALIVE]
+            got = self.rng.sample(alive, min(k, len(alive)))
+        return got
 
     def _outcome(self, answered: bool) -> None:
         self.outcomes.append(answered)

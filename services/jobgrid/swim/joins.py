@@ -16,6 +16,7 @@ the same joiners would have gone joining one by one. The committed ring is sent 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import ring as ringmath
@@ -44,8 +45,8 @@ class JoinQueue:
         if nid not in self.waiting:
             self.waiting[nid] = (ip, port)
 
-    def batch(self, limit: int, members: set[str]) -> list[tuple[str, str, int]]:
-        for nid in [n for n in self.waiting if n in members]:
+    def batch(self, limit: int, is_member: Callable[[str], bool]) -> list[tuple[str, str, int]]:
+        for nid in [n for n in self.waiting if is_member(n)]:
             del self.waiting[nid]  # in the ring already
         return [(nid, ip, port) for nid, (ip, port) in list(self.waiting.items())[:limit]]
 

@@ -99,8 +99,9 @@ class SwimMembership(Membership):
         self._last_delta: RingDelta | None = None  # the change that made our ring, if we learnt it as one
         self._pulled_at = float("-inf")
         self._step = Step()
-        if ring is not None:
+        if ring is not None:  # the ring a node resumes with: adopted, not reported as a change
             self.adopt(ring, now)
+            self._step = Step()
 
     # ---- views -------------------------------------------------------------------------------------
     @property
@@ -168,7 +169,7 @@ class SwimMembership(Membership):
         change = super().adopt(new, now)
         if change is None:
             return None
-        for m in new.members:
+        for m in (new.members if not was else change.added):
             self.addresses[m.id] = (m.ip, m.port)
         self.det.set_members([m.id for m in new.members], now)
         self.acceptor.moved_to(new.epoch + 1)
@@ -244,8 +245,8 @@ class SwimMembership(Membership):
         """The leader with quorum starts a round for the dead members and waiting joiners."""
         if self.round is not None or self.leader(now) != self.me or not self.has_quorum(now):
             return
-        dead = [m.id for m in self.ring.members if self.det.state(m.id) == DEAD]
-        joiners = self.joins.batch(self.cfg.join_batch, {m.id for m in self.ring.members})
+        dead = sorted(self.det.dead)
+        joiners = self.joins.batch(self.cfg.join_batch, lambda nid: self.member(nid) is not None)
         if not dead and not joiners:
             return
         delta = RingDelta(base_epoch=self.ring.epoch, base_proposer=self.ring.proposer, epoch=self.ring.epoch + 1,
