@@ -282,3 +282,11 @@ def test_a_ring_that_breaks_an_invariant_is_refused():
     bad = RingState(epoch=6, members=[A, B, C, Member(id="x", location=0, ip="127.0.0.1", port=1)], proposer="a")
     s = c.receive(RingPush(**hdr(A, bad), ring=bad), 1.0)
     assert s.adopted == [] and ("ring_refused", "ring has duplicate member ids or locations") in s.events
+
+
+def test_the_node_settings_carry_the_membership_mode_and_refuse_an_unknown_one():
+    from jobgrid.settings import NodeSettings
+
+    assert NodeSettings(port=9000).membership == "auto" and NodeSettings(port=9000).swim == SwimConfig()
+    with pytest.raises(ConfigError, match="membership must be one of all-to-all, swim, auto"):
+        NodeSettings(port=9000, membership="gossip")

@@ -187,6 +187,7 @@ def partition(w: World, minority: float, periods: float, max_heal_periods: float
             "minority_fenced_for_good_median": for_good[len(for_good) // 2],
             "minority_fenced_for_good_last": for_good[-1],
             "majority_removed_minority": _periods(w, removal_at - t0),
+            "margin": _periods(w, removal_at - max(fenced_since.values())),
             "majority_fenced_share": round(big_fenced_samples / (samples * len(big)), 5),
             "minority_rings_committed": len(small_commits), "minority_removals": small_removed,
             "rejoined": sum(1 for t, _ in w.removed_nodes if t >= t1), "periods_to_one_ring_after_heal": p,

@@ -43,7 +43,7 @@ class SwimConfig:
     retransmit_mult: int = 4       # lambda: each update is piggybacked lambda * ceil(log10(N + 1)) times
     suspicion_mult: int = 4        # suspicion lasts suspicion_mult * max(1, log10 N) periods at least ...
     suspicion_max_mult: int = 6    # ... and this many times that at most (fewer independent confirmations)
-    max_piggyback: int = 32        # updates carried by one message (peer messages are HTTP, not 1.4 kB UDP)
+    max_piggyback: int = 64        # updates carried by one message (~2.5 kB: peer messages are HTTP, not 1.4 kB UDP)
     fence_fraction: float = 0.5    # no answered probe sent within this part of the shortest suspicion: fenced
     fence_probes: int = 8          # ... or fewer than a quarter of the last this many probes answered: fenced
     round_periods: float = 4.0     # a ring round not decided in this many periods is abandoned

@@ -11,29 +11,7 @@ position not dead) changes the ring, and only while it has quorum; every change 
 majority of the ring before it (rounds.py), so a minority side never removes or admits anyone, never
 promotes, and two sides can never commit different rings for one epoch, whatever each side believes.
 
-Quorum (what a node serves by: accepts, leases, records). With SWIM a node hears only ~2 members per
-period, so "a majority answered my heartbeats within the fence window" cannot be checked. A node has
-quorum when all of these hold:
- 1. it is a member of its ring;
- 2. a probe it *sent* within `fence_periods` was answered (directly or through a helper). A node cut off
-    from everyone, or paused and resumed (send times, not arrival times, count), fences within 3
-    periods, shorter than the shortest suspicion (4 periods; checked in config), so before any member
-    can even declare it dead;
- 3. more than half of its last `fence_probes` (8) probes were answered. Probe targets are uniform over
-    the ring, so the answered fraction estimates the part of the ring it can reach: a node in a side of
-    fraction f reaches f of it. A small side (f < 0.3) fences in about 4-5 periods this way; near half
-    the estimate is noisy and rule 4 decides;
- 4. the members it holds alive (neither suspect nor dead, itself included) are a strict majority of its
-    ring. A minority side's probes into the other side fail, so its members suspect the other side's
-    members and spread the suspicions by gossip among themselves; a node fences once it holds half of
-    the ring not alive. A side of fraction f makes f(1-f)N failed probes per period over (1-f)N
-    members, so the suspected part of the other side after t periods is about 1 - exp(-f t), and 4
-    needs 1/(2(1-f)) of it: 4.5 periods for f = 0.4, 8 for f = 0.49, plus the gossip's spread (about
-    log N periods, with each message carrying `max_piggyback` updates).
-The majority side keeps quorum (it holds more than half alive) and removes the minority's members only
-after their suspicion runs out (4 log10 N periods at least: 12 at 1,000 members), plus a ring round;
-the simulation (harness/sim) measures both sides' times at 40/60. A split exactly in half leaves no
-side with quorum: both fence, nothing is removed, and the grid resumes at the heal.
+Quorum (what a node serves by: accepts, leases, records) is quorum.py's rule and argument.
 """
 
 from __future__ import annotations
@@ -44,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ..membership import Membership, RingChange
 from ..protocol import Member, RingState
+from . import quorum
 from .config import SwimConfig
 from .detector import DEAD, SUSPECT, Detector
 from .joins import Joiner, JoinQueue, place
@@ -133,13 +112,7 @@ class SwimMembership(Membership):
         return self.det.state(node_id) if node_id == self.me or node_id in self.det.peers else "dead"
 
     def has_quorum(self, now: float) -> bool:
-        if not self.is_member:
-            return False
-        n = len(self.ring.members)
-        if n == 1:
-            return True
-        return (now - self.det.last_ack <= self.cfg.fence_window(n) and self.det.reachable()
-                and 2 * self.det.alive_count() > n)
+        return quorum.fence_reason(self, now) is None
 
     def leader(self, now: float) -> str | None:
         for m in self.members:
