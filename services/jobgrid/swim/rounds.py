@@ -95,8 +95,7 @@ class Round:
         if self.phase != "prepare" or voter not in self.voters:
             return None
         if not ok:
-            self.refused_by = max(self.refused_by, promised)
-            self.refused.add(voter)
+            self._refused(voter, promised)
             return None
         self.promises[voter] = (accepted_ballot, accepted)
         if len(self.promises) < self.majority():
@@ -107,14 +106,17 @@ class Round:
         self.refused = set()
         return self.value
 
+    def _refused(self, voter: str, promised: Ballot) -> None:
+        self.refused_by = max(self.refused_by, promised)
+        self.refused.add(voter)
+
     def on_accepted(self, voter: str, ok: bool, promised: Ballot = NO_BALLOT) -> bool:
         """Count an acceptance; True exactly once, when a majority accepted (the value is committed)."""
         if self.phase != "accept" or voter not in self.voters:
             return False
         if not ok:
-            self.refused_by = max(self.refused_by, promised)
-            self.refused.add(voter)
-            return False
+            self._refused(voter, promised)
+            return None is not None
         self.accepts.add(voter)
         if len(self.accepts) >= self.majority():
             self.phase = "committed"
