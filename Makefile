@@ -5,7 +5,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast bench scale clean images
+.PHONY: demo test test-fast bench scale clean images soak
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,22 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure-docker.sh
 	bash scripts/ensure-chromium.sh
+	PY=$(PY) bash scripts/ensure-toxiproxy.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # everything that needs neither Docker nor Chromium
 test-fast: $(STAMP)
+	PY=$(PY) bash scripts/ensure-toxiproxy.sh
 	$(PY) -m pytest -m "not docker and not browser" $(PYTEST_ARGS)
+
+# the random-fault soak: every fault kind that kills, pauses, cuts or restarts, for DURATION seconds
+# (default 15 minutes), a random seed printed in the verdict (SEED=... to replay one)
+DURATION ?= 900
+SOAK_FAULTS ?= kill,kill2,pause,partition,restart,restart-all
+soak: $(STAMP)
+	PY=$(PY) bash scripts/ensure-toxiproxy.sh
+	$(VENV)/bin/harness run --backend local --nodes 5 --replicas 3 --runners 1 --faults $(SOAK_FAULTS) \
+		--duration $(DURATION) --drain 300 $(if $(SEED),--seed $(SEED),)
 
 bench: $(STAMP)
 	$(PY) bench/run.py $(if $(PEERS),--peers,)

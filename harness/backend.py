@@ -8,9 +8,6 @@ a ring of majorities, not only disjoint groups.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import time
 import urllib.error
 from collections.abc import Callable, Iterable, Sequence
@@ -54,8 +51,12 @@ class Backend(Protocol):
     def pause(self, node: Any) -> None: ...
     def resume(self, node: Any) -> None: ...
     def restart(self, node: Any, timeout: float = 60.0) -> None: ...
-    def partition(self, groups: Sequence[Sequence[Any]]) -> None: ...
+    def restart_many(self, nodes: Sequence[Any], timeout: float = 60.0) -> None: ...
+    def restart_all(self, timeout: float = 120.0) -> None: ...
+    def cut(self, links: set[tuple[str, str]]) -> None: ...
+    def uncut(self) -> None: ...
     def heal(self) -> None: ...
+    def client_urls(self) -> list[str]: ...
     def stop(self) -> None: ...
     def log_tail(self, node: Any, lines: int = 30) -> str: ...
 
@@ -81,12 +82,15 @@ class ClusterBase:
 
     nodes: list
     poll_interval = 0.05
+    proxies: Any = None   # a harness.proxies.ProxyNet when every link passes Toxiproxy (links="toxiproxy")
 
     def up(self, n: int, *, timeout: float = 60.0, together: bool = False) -> list:
         """Start `n` nodes: the first at ring position 0, the others joining through it."""
-        first = self.start(self.add_node())  # type: ignore[attr-defined]
+        fresh = [self.add_node() for _ in range(n)]  # type: ignore[attr-defined]
+        self.setup_links()
+        first = self.start(fresh[0])  # type: ignore[attr-defined]
         self.wait_healthy(first, timeout)  # type: ignore[attr-defined]
-        others = [self.add_node() for _ in range(n - 1)]  # type: ignore[attr-defined]
+        others = fresh[1:]
         for node in others:
             self.start(node, join=first)  # type: ignore[attr-defined]
             if not together:
@@ -99,6 +103,36 @@ class ClusterBase:
     def live(self) -> list:
         return [n for n in self.nodes if n.state == "running"]
 
+    def setup_links(self) -> None:
+        """Backends that route links through Toxiproxy create the proxies here, before any node starts."""
+
+    def client_urls(self) -> list[str]:
+        """The addresses clients use: each node's client proxy when links pass Toxiproxy, else the node."""
+        if self.proxies is None:
+            return [n.url for n in self.nodes]
+        return [self.proxies.client_url(n, n.url.split("://")[0]) for n in self.nodes]
+
+    def heal(self) -> None:
+        """Remove every partition rule and every toxic; enable every proxy."""
+        self.uncut()  # type: ignore[attr-defined]
+        if self.proxies is not None:
+            self.proxies.clear()
+        self._fault("heal")
+
+    def restart_all(self, timeout: float = 120.0) -> None:
+        """SIGKILL every node still up, then start them all on their data, none told whom to join: they
+        must find each other from the ring they stored (a power cut and a cold start)."""
+        for n in self.nodes:
+            if n.state in ("running", "paused"):
+                if n.state == "paused":
+                    self.resume(n)  # type: ignore[attr-defined]
+                self.kill(n)  # type: ignore[attr-defined]
+        for n in self.nodes:
+            self.start(n, join=None)  # type: ignore[attr-defined]
+        for n in self.nodes:
+            self.wait_healthy(n, timeout)  # type: ignore[attr-defined]
+        self._fault("restart-all")
+
     def _fault(self, kind: str, node: Any = None, **extra: Any) -> None:
         """Record a fault injected now (the run's verdict and plots read `faults`)."""
         rec: dict[str, Any] = {"kind": kind}
@@ -108,10 +142,19 @@ class ClusterBase:
 
     def restart(self, node: Any, timeout: float = 60.0) -> None:
         """Start a killed node again on its data (dir or volume), joining through a live node."""
-        contact = next((n for n in self.live() if n is not node), None)
-        self.start(node, join=contact)  # type: ignore[attr-defined]
-        self.wait_healthy(node, timeout)  # type: ignore[attr-defined]
-        self._fault("restart", node)
+        self.restart_many([node], timeout)
+
+    def restart_many(self, nodes: Sequence[Any], timeout: float = 60.0) -> None:
+        """Start killed nodes again together (each joining through a node that is up), then wait for all."""
+        contact = next((n for n in self.live() if n not in nodes), None)
+        past = self.__dict__.setdefault("past_ids", {})  # a restarted node gets a new id: keep the old name
+        for node in nodes:
+            if node.node_id:
+                past[node.node_id] = node.name
+            self.start(node, join=contact)  # type: ignore[attr-defined]
+        for node in nodes:
+            self.wait_healthy(node, timeout)  # type: ignore[attr-defined]
+            self._fault("restart", node)
 
     def healthy(self, node: Any) -> bool:
         try:
@@ -153,7 +196,10 @@ class ClusterBase:
         start = time.monotonic()
         while time.monotonic() - start < timeout:
             if self.converged(nodes):
+                past = self.__dict__.setdefault("past_ids", {})  # a node that rejoined has a new id
                 for n in nodes if nodes is not None else self.live():
+                    if n.node_id:
+                        past[n.node_id] = n.name
                     n.node_id = self.get(n, "/state")["id"]  # type: ignore[attr-defined]
                 return time.monotonic() - start
             time.sleep(self.poll_interval)
@@ -204,48 +250,3 @@ def groups_of(kind: str, nodes: Sequence[Any]) -> list[list[str]]:
     """A human-readable description of the partition: who still sees whom."""
     cut = cut_links(kind, nodes)
     return [[n.name] + [m.name for m in nodes if m is not n and (n.name, m.name) not in cut] for n in nodes]
-
-
-def apply_partition(cluster: Any, kind: str) -> dict:
-    """Cut the links of a partition of this kind among the cluster's nodes. Returns the fault record."""
-    nodes = list(cluster.nodes)
-    cut = cut_links(kind, nodes)
-    if hasattr(cluster, "cut"):
-        cluster.cut(cut)
-    else:
-        _local_cut(cluster, cut)
-    rec = {"kind": "partition", "shape": kind, "sees": groups_of(kind, nodes), "at": time.time()}
-    cluster.faults.append(rec)
-    return rec
-
-
-def _local_cut(cluster: Any, cut: set[tuple[str, str]]) -> None:
-    """LocalCluster: DROP on the loopback by source/destination address in the cluster's own chain."""
-    if os.geteuid() != 0:
-        raise HarnessError("partitions on the local backend need root (iptables)")
-    if shutil.which("iptables") is None:
-        raise HarnessError("iptables is not installed (apt-get install iptables)")
-    by_name = {n.name: n for n in cluster.nodes}
-    ipt = cluster._ipt
-    if not cluster._chain_made:
-        ipt("-N", cluster.chain, check=False)
-        if ipt("-C", "INPUT", "-j", cluster.chain, check=False).returncode != 0:
-            ipt("-I", "INPUT", "1", "-j", cluster.chain)
-        cluster._chain_made = True
-    ipt("-F", cluster.chain)
-    for a, b in sorted(cut):
-        ipt("-A", cluster.chain, "-s", by_name[a].host, "-d", by_name[b].host, "-j", "DROP")
-
-
-def netem_available() -> bool:
-    """Whether this kernel has the netem qdisc (tc ... netem)."""
-    if os.path.isdir("/sys/module/sch_netem"):
-        return True
-    if shutil.which("modprobe"):
-        r = subprocess.run(["modprobe", "-n", "sch_netem"], capture_output=True)
-        return r.returncode == 0
-    return False
-
-
-NETEM_MISSING = ("netem is not available in this kernel (tc qdisc ... netem: 'Specified qdisc kind is unknown'); "
-                 "latency faults cannot be injected here. Use kill, pause or partition instead.")

@@ -6,12 +6,15 @@
   ``cap_add=NET_ADMIN``, a named volume per node on /data (a restart keeps its queues);
 * labels ``jobgrid.harness=<cluster>`` on everything, so `down` (and `remove_cluster`) find it all;
 * faults: kill = SIGKILL, pause = cgroup freezer, restart = a fresh container on the same volume
-  joining a live node, partition = iptables DROP rules in a JOBGRID chain inside each node's namespace.
+  joining a live node, partition = iptables DROP rules in a JOBGRID chain inside each node's namespace;
+* links="toxiproxy": a Toxiproxy container (``<cluster>-toxiproxy``, the network's .5 address, an image
+  of the static binary built offline, harness/toxiserver.py) carries every link, clients' too.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 import urllib.error
@@ -20,13 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import NETEM_MISSING, ClusterBase
+from .backend import ClusterBase, wait_for
 from .errors import HarnessError
 from .images import NODE_TAG, docker_client
+from .proxies import ProxyNet
 
 LABEL = "jobgrid.harness"
 CHAIN = "JOBGRID"
+CHAIN_OUT = "JOBGRIDO"  # OUTPUT: a node's packets to the proxies of its cut links
 PORT = 8000
+PROXY_PORTS = range(20000, 30000)
 
 
 @dataclass
@@ -67,7 +73,10 @@ class DockerCluster(ClusterBase):
 
     def __init__(self, name: str | None = None, *, replicas: int = 3, runners: int = 2, token: str | None = None,
                  heartbeat_interval: float = 0.5, failure_timeout: float = 2.0, image: str = NODE_TAG,
-                 keep_volumes: bool = False, peer_secret: str | None = None) -> None:
+                 keep_volumes: bool = False, peer_secret: str | None = None, links: str = "direct") -> None:
+        if links not in ("direct", "toxiproxy"):
+            raise HarnessError(f"links must be direct or toxiproxy, not {links!r}")
+        self.links = links
         self.client = docker_client()
         self.name = name or f"jg{secrets.token_hex(3)}"
         self.replicas = replicas
@@ -83,20 +92,30 @@ class DockerCluster(ClusterBase):
         self.nodes: list[DockerNode] = []
         self.faults: list[dict] = []
         self.labels = {LABEL: self.name}
+        self.shared = f"{self.name}-shared"  # a volume every node mounts on /shared (the soak's run counter)
 
     # ---- state save/restore (for the CLI) ----------------------------------------------------------------
     def to_state(self) -> dict:
         return {"backend": "docker", "name": self.name, "replicas": self.replicas, "runners": self.runners,
                 "token": self.token, "peer_secret": self.peer_secret, "network": self.network, "subnet": self.subnet,
                 "heartbeat_interval": self.heartbeat_interval, "failure_timeout": self.failure_timeout,
-                "nodes": [vars(n) for n in self.nodes]}
+                "links": self.links, "nodes": [vars(n) for n in self.nodes],
+                "proxies": None if self.proxies is None else {
+                    "api": self.proxies.api, "reach": self.proxies.reach, "upstreams": self.proxies.upstreams,
+                    "ports": [[a, b, p] for (a, b), p in self.proxies.ports.items()]}}
 
     @classmethod
     def from_state(cls, st: dict) -> DockerCluster:
         c = cls(st["name"], replicas=st["replicas"], runners=st["runners"], token=st["token"],
                 peer_secret=st.get("peer_secret"),
-                heartbeat_interval=st["heartbeat_interval"], failure_timeout=st["failure_timeout"])
+                heartbeat_interval=st["heartbeat_interval"], failure_timeout=st["failure_timeout"],
+                links=st.get("links", "direct"))
         c.subnet = st["subnet"]
+        if st.get("proxies"):
+            p = st["proxies"]
+            c.proxies = ProxyNet(p["api"], prefix=c.name, bind="0.0.0.0", reach=p["reach"])
+            c.proxies.upstreams = p["upstreams"]
+            c.proxies.ports = {(a, b): port for a, b, port in p["ports"]}
         c.nodes = [DockerNode(**n) for n in st["nodes"]]
         for n in c.nodes:  # the truth is what docker says
             try:
@@ -124,6 +143,28 @@ class DockerCluster(ClusterBase):
         self.nodes.append(node)
         return node
 
+    def setup_links(self) -> None:
+        """With links="toxiproxy": the Toxiproxy container on the cluster's network and a proxy per link."""
+        if self.links != "toxiproxy" or self.proxies is not None:
+            return
+        from .toxiserver import API_PORT, answers, ensure_image  # noqa: PLC0415
+        image = ensure_image(self.client)
+        ip = f"{self.subnet.rsplit('.', 1)[0]}.5"
+        api = self.client.api
+        try:
+            ct = api.create_container(
+                image, name=f"{self.name}-toxiproxy", labels={**self.labels, "jobgrid.role": "toxiproxy"},
+                host_config=api.create_host_config(network_mode=self.network),
+                networking_config=api.create_networking_config(
+                    {self.network: api.create_endpoint_config(ipv4_address=ip)}))
+            api.start(ct["Id"])
+        except Exception as e:  # noqa: BLE001 - docker API errors
+            raise HarnessError(f"cannot start the Toxiproxy container: {e}") from e
+        url = f"http://{ip}:{API_PORT}"
+        wait_for(lambda: answers(url, 0.5), 30, f"Toxiproxy at {url}")
+        self.proxies = ProxyNet(url, prefix=self.name, bind="0.0.0.0", reach=ip)
+        self.proxies.setup(self.nodes, iter(PROXY_PORTS))
+
     def start(self, node: DockerNode, join: DockerNode | None = None) -> DockerNode:
         api = self.client.api
         try:  # a fresh container each time (the join address must name a live node); the volume stays
@@ -137,15 +178,20 @@ class DockerCluster(ClusterBase):
                "JOBGRID_FAILURE_TIMEOUT": str(self.failure_timeout)}
         if join is not None:
             env["JOBGRID_JOIN"] = f"{join.host}:{join.port}"
+        command = [str(PORT)]
+        if self.proxies is not None:
+            env["JOBGRID_DIAL"] = self.proxies.dial_map(node)
+            command += ["--max-conns-per-client", "100000"]  # every peer connection comes from the proxy
         try:
             self.client.volumes.get(node.volume)
         except Exception:  # noqa: BLE001
             self.client.volumes.create(node.volume, labels=self.labels)
         host_config = api.create_host_config(cap_add=["NET_ADMIN"], network_mode=self.network,
-                                             binds={node.volume: {"bind": "/data", "mode": "rw"}})
+                                             binds={node.volume: {"bind": "/data", "mode": "rw"},
+                                                    self._shared_volume(): {"bind": "/shared", "mode": "rw"}})
         net_config = api.create_networking_config({self.network: api.create_endpoint_config(ipv4_address=node.host)})
         try:
-            ct = api.create_container(self.image, command=[str(PORT)], name=node.container, environment=env,
+            ct = api.create_container(self.image, command=command, name=node.container, environment=env,
                                       labels={**self.labels, "jobgrid.node": node.name}, host_config=host_config,
                                       networking_config=net_config)
             api.start(ct["Id"])
@@ -153,6 +199,18 @@ class DockerCluster(ClusterBase):
             raise HarnessError(f"cannot start container for {node.name}: {e}") from e
         node.state = "running"
         return node
+
+    def _shared_volume(self) -> str:
+        try:
+            self.client.volumes.get(self.shared)
+        except Exception:  # noqa: BLE001 - not made yet
+            self.client.volumes.create(self.shared, labels=self.labels)
+            os.chmod(self.shared_dir(), 0o777)  # the nodes' job processes run as the image's jobgrid user
+        return self.shared
+
+    def shared_dir(self) -> str:
+        """The shared volume's folder on this host (the Engine runs here: it is the harness's own)."""
+        return self.client.volumes.get(self.shared).attrs["Mountpoint"]
 
     # ---- observing ---------------------------------------------------------------------------------------
     def get(self, node: DockerNode, path: str, timeout: float = 2.0) -> dict | list:
@@ -218,24 +276,32 @@ class DockerCluster(ClusterBase):
             raise HarnessError(f"{node.name}: {' '.join(cmd)} failed: {text.strip()}")
         return code, text
 
-    def _chain(self, node: DockerNode) -> None:
-        self._exec(node, "iptables", "-w", "-N", CHAIN, check=False)
-        if self._exec(node, "iptables", "-w", "-C", "INPUT", "-j", CHAIN, check=False)[0] != 0:
-            self._exec(node, "iptables", "-w", "-I", "INPUT", "1", "-j", CHAIN)
-        self._exec(node, "iptables", "-w", "-F", CHAIN)
+    def _chain(self, node: DockerNode, chain: str, hook: str) -> None:
+        self._exec(node, "iptables", "-w", "-N", chain, check=False)
+        if self._exec(node, "iptables", "-w", "-C", hook, "-j", chain, check=False)[0] != 0:
+            self._exec(node, "iptables", "-w", "-I", hook, "1", "-j", chain)
+        self._exec(node, "iptables", "-w", "-F", chain)
 
     def cut(self, links: set[tuple[str, str]]) -> None:
-        """Drop traffic for each (a, b): rules in b's namespace drop packets from a. Idempotent (flush first)."""
+        """Drop traffic for each (a, b): rules in b's namespace drop packets from a, and when links pass
+        Toxiproxy, rules in a's namespace drop its packets to the proxy of a->b. Replaces the cut before."""
         by_name = {n.name: n for n in self.nodes}
         for n in self.nodes:
             if n.state not in ("running", "paused"):
                 continue
             if n.state == "paused":
                 raise HarnessError(f"{n.name} is paused; resume it before partitioning")
-            self._chain(n)
+            self._chain(n, CHAIN, "INPUT")
             for a, b in sorted(links):
                 if b == n.name:
                     self._exec(n, "iptables", "-w", "-A", CHAIN, "-s", by_name[a].host, "-j", "DROP")
+            if self.proxies is None:
+                continue
+            self._chain(n, CHAIN_OUT, "OUTPUT")
+            for a, b in sorted(links):
+                if a == n.name and (a, b) in self.proxies.ports:
+                    self._exec(n, "iptables", "-w", "-A", CHAIN_OUT, "-d", self.proxies.reach, "-p", "tcp",
+                               "--dport", str(self.proxies.ports[(a, b)]), "-j", "DROP")
 
     def partition(self, groups: Sequence[Sequence[DockerNode]]) -> None:
         links = set()
@@ -246,20 +312,11 @@ class DockerCluster(ClusterBase):
         self.cut(links)
         self._fault("partition", groups=[[n.name for n in g] for g in groups])
 
-    def heal(self) -> None:
+    def uncut(self) -> None:
         for n in self.live():
             self._exec(n, "iptables", "-w", "-F", CHAIN, check=False)
-        self._fault("heal")
-
-    def delay(self, ms: int) -> None:
-        for n in self.live():
-            code, out = self._exec(n, "tc", "qdisc", "replace", "dev", "eth0", "root", "netem", "delay",
-                                   f"{ms}ms", check=False)
-            if code != 0:
-                if "unknown" in out.lower() or "netem" in out.lower():
-                    raise HarnessError(NETEM_MISSING)
-                raise HarnessError(f"{n.name}: tc netem failed: {out.strip()}")
-        self._fault("delay", ms=ms)
+            if self.proxies is not None:
+                self._exec(n, "iptables", "-w", "-F", CHAIN_OUT, check=False)
 
     def stop(self) -> None:
         """Remove every container, the network and (unless keep_volumes) the volumes. Safe twice."""

@@ -1,7 +1,7 @@
-"""Workloads, nemesis schedules, drain and the run report (history, verdict, plots).
+"""Workloads, drain and the run report (history, verdict, plots).
 
 Used by `harness submit`, `harness run` and the harness tests. Every client op is recorded in a
-jobgrid.history.HistoryRecorder and the run is judged by jobgrid.history.check.
+harness.history.HistoryRecorder and the run is judged by harness.history.check.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 from jobgrid import examples
 from jobgrid.client import AsyncClient, build_spec, pickle_spec, script_spec
 from jobgrid.errors import JobCancelled, JobFailed, JobgridError, RemoteError
-from jobgrid.history import HistoryRecorder, check
+from harness.history import HistoryRecorder, check
 
-from .backend import NETEM_MISSING, apply_partition, netem_available
 from .errors import HarnessError
 
-KINDS = ("noop", "sleep", "cpu", "fail", "script", "call", "mix")
+KINDS = ("noop", "sleep", "cpu", "fail", "script", "call", "big", "mix")
+BIG_ARG = 256 * 1024  # bytes of argument a "big" job carries
 
 
 def make_spec(kind: str, i: int, rng: random.Random):
@@ -40,6 +40,8 @@ def make_spec(kind: str, i: int, rng: random.Random):
         return pickle_spec(examples.fail, (f"job {i} fails on purpose",), {}), {"error": "ValueError"}
     if kind == "script":
         return script_spec(f"print({i} * 2)\n", name="harness-script"), {"stdout": str(i * 2), "exit": 0}
+    if kind == "big":  # 256 KB of argument, a small result: the bytes go to the owner and every replica
+        return pickle_spec(len, (bytes([i % 256]) * BIG_ARG,), {}, name="big"), BIG_ARG
     if kind == "call":
         return build_spec("call", target="jobgrid.examples:add", args=[i, i], name="add"), 2 * i
     raise HarnessError(f"unknown job kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -62,8 +64,13 @@ def _value(fut: asyncio.Future) -> Any:
 async def workload(addresses: Sequence[str], token: str | None, recorder: HistoryRecorder, *, jobs: int,
                    kind: str = "noop", rate: float | None = None, drain_timeout: float = 120.0,
                    on_progress: Callable[[int, int], None] | None = None, seed: int = 1,
-                   stop_submitting: threading.Event | None = None) -> dict:
+                   stop_submitting: threading.Event | None = None,
+                   spec_for: Callable[[int], tuple[Any, Any]] | None = None, clients: int | None = None) -> dict:
     """Submit `jobs` jobs (at `rate` per second when given), then wait for results up to drain_timeout.
+
+    `spec_for(i)` makes job i (spec, expected value) instead of `kind`; `clients` is how many clients
+    submit in turn (default one per address, each trying its own address first); `stop_submitting` ends
+    the submissions early (a run of a fixed duration).
 
     Records invoke/ok/info for each submit and a read (delivery) for each result that arrives.
     Returns timing data: submit latencies and completion times (monotonic).
@@ -80,6 +87,7 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
     wrong: dict[str, Any] = {}        # job id -> the value that came back instead
     ran_on: dict[str, int] = {}       # node id -> jobs whose recorded result it ran
     kinds: dict[str, int] = {}
+    procs: dict[str, str] = {}        # job id -> the client (history process) that submitted it
 
     def seen(res: Any) -> None:
         ran_on[res.node] = ran_on.get(res.node, 0) + 1
@@ -87,9 +95,10 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
     addrs = list(addresses)
     # one client per node, each trying its own node first: jobs are owned by the node that takes them,
     # so this spreads the queues over the whole grid (every client fails over to the others)
-    clients = [AsyncClient(addrs[k:] + addrs[:k], token=token, timeout=30.0, on_result=seen)
-               for k in range(len(addrs))]
-    client = clients[0]
+    n_clients = clients or len(addrs)
+    clients_ = [AsyncClient(addrs[k % len(addrs):] + addrs[:k % len(addrs)], token=token, timeout=30.0,
+                            on_result=seen) for k in range(n_clients)]
+    client = clients_[0]
     try:
 
         def on_done(jid: str, fut: asyncio.Future) -> None:
@@ -101,7 +110,7 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
                 no_result[jid] = type(exc).__name__
                 return  # no result reached us (unknown job, grid unavailable): not a completion
             value = _value(fut)
-            recorder.ok(proc, "read", jid, value=value, delivery=True)
+            recorder.ok(procs.get(jid, proc), "read", jid, value=value, delivery=True)
             if expected.get(jid) is not None and value != expected[jid]:
                 wrong[jid] = value
             completions.append(time.monotonic())
@@ -110,19 +119,20 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
                 on_progress(len(acked), done)
 
         async def one(i: int) -> None:
-            spec, want = make_spec(kind, i, rng)
+            spec, want = spec_for(i) if spec_for else make_spec(kind, i, rng)
             expected[spec.id] = want
             kinds[spec.kind] = kinds.get(spec.kind, 0) + 1
-            recorder.invoke(proc, "submit", spec.id)
+            me = procs[spec.id] = f"c{i % n_clients + 1}"
+            recorder.invoke(me, "submit", spec.id)
             t0 = time.monotonic()
             try:
-                fut = await clients[i % len(clients)].submit_spec(spec)
+                fut = await clients_[i % n_clients].submit_spec(spec)
             except Exception as e:  # noqa: BLE001 - outcome unknown (timeouts, failover exhausted)
-                recorder.info(proc, "submit", spec.id, error=str(e)[:200])
+                recorder.info(me, "submit", spec.id, error=str(e)[:200])
                 unknown.append(spec.id)
                 return
             latencies.append((t0, time.monotonic() - t0))
-            recorder.ok(proc, "submit", spec.id)
+            recorder.ok(me, "submit", spec.id)
             acked[spec.id] = fut
             fut.add_done_callback(lambda f, jid=spec.id: on_done(jid, f))
             if on_progress:
@@ -151,6 +161,7 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
         # whole grid through a new client; counted separately so the report shows how many needed it
         still = [jid for jid, f in acked.items() if not f.done() or jid in no_result]
         final_reads = 0
+        raised_then_ran: list[str] = []   # a future raised, yet the grid has the job's result: the user was misled
         if still:
             async with AsyncClient(addrs, token=token, timeout=10.0) as fresh:
                 for jid in still:
@@ -161,6 +172,11 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
                     if res is not None:
                         recorder.ok(proc, "read", jid, value=res.state, delivery=False, final=True)
                         final_reads += 1
+                        done += 1
+                        if jid in no_result:
+                            raised_then_ran.append(jid)
+                        if on_progress:
+                            on_progress(len(acked), done)
         # outcomes unknown at submit time: did the grid run them anyway?
         for jid in unknown:
             try:
@@ -169,144 +185,34 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
             except Exception:  # noqa: BLE001 - never ran: fine for an unacknowledged job
                 pass
     finally:
-        for c in clients:
+        for c in clients_:
             await c.close()
     return {"latencies": latencies, "completions": completions, "acked": len(acked), "unknown": len(unknown),
             "final_reads": final_reads, "no_result": dict(list(no_result.items())[:50]),
             "pending": sum(1 for f in acked.values() if not f.done()),
             "ran_on": ran_on, "kinds": kinds, "wrong": dict(list(wrong.items())[:50]), "wrong_count": len(wrong),
             "checked": sum(1 for j, f in acked.items() if f.done() and expected.get(j) is not None
-                           and j not in no_result)}
+                           and j not in no_result),
+            "unchecked": _unchecked(acked, expected, no_result, kinds),
+            "raised_then_ran": raised_then_ran}
+
+
+def _unchecked(acked: dict, expected: dict, no_result: dict, kinds: dict) -> dict[str, int]:
+    """How many acknowledged jobs were not compared with an expected value, by reason."""
+    out: dict[str, int] = {}
+    for jid, fut in acked.items():
+        if expected.get(jid) is None:
+            reason = "cpu jobs: their value is the CPU time they measured, not a fixed number"
+        elif not fut.done() or jid in no_result:
+            reason = "no result reached the client's future: read afterwards and judged by the checker only"
+        else:
+            continue
+        out[reason] = out.get(reason, 0) + 1
+    return out
 
 
 def run_workload(addresses: Sequence[str], token: str | None, recorder: HistoryRecorder, **kw: Any) -> dict:
     return asyncio.run(workload(addresses, token, recorder, **kw))
-
-
-# ---- nemesis --------------------------------------------------------------------------------------------
-class Nemesis:
-    """Faults on a schedule, in a thread. Records fault windows (monotonic start/end) for the plots."""
-
-    def __init__(self, cluster: Any, *, kill: int = 0, partition: str | None = None, pause: int = 0,
-                 delay: int | None = None, duration: float = 20.0, seed: int = 7,
-                 log: Callable[[str], None] = print) -> None:
-        self.cluster = cluster
-        self.kill_n, self.partition, self.pause_n, self.delay = kill, partition, pause, delay
-        self.duration = duration
-        self.rng = random.Random(seed)
-        self.log = log
-        self.windows: list[dict] = []
-        self.killed: list[Any] = []
-        self.paused: list[Any] = []
-        self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
-        self.t0 = time.monotonic()
-
-    def start(self) -> None:
-        self.t0 = time.monotonic()
-        self._thread.start()
-
-    def _wait_until(self, frac: float) -> bool:
-        return not self._stop.wait(max(0.0, self.t0 + frac * self.duration - time.monotonic()))
-
-    def _run(self) -> None:
-        try:
-            plan = []
-            if self.kill_n:
-                plan.append("kill")
-            if self.pause_n:
-                plan.append("pause")
-            if self.partition:
-                plan.append("partition")
-            if self.delay:
-                plan.append("delay")
-            if not plan:
-                return
-            slot = 0.9 / len(plan)
-            for k, what in enumerate(plan):
-                if not self._wait_until(0.05 + k * slot):
-                    return
-                w = {"kind": what, "start": time.monotonic(), "end": None}
-                self.windows.append(w)
-                getattr(self, f"_{what}_on")(w)
-                if not self._wait_until(0.05 + k * slot + slot * 0.6):
-                    return
-                getattr(self, f"_{what}_off")()
-                w["end"] = time.monotonic()
-        except BaseException as e:  # noqa: BLE001 - reported by join()
-            self.error = e
-            self.log(f"[red]nemesis error: {e}[/red]")
-
-    def _kill_on(self, w: dict) -> None:
-        live = self.cluster.live()
-        victims = self.rng.sample(live, min(self.kill_n, max(0, len(live) - 1)))
-        remember_ids(self.cluster)
-        for n in victims:
-            self.cluster.kill(n)
-            self.killed.append(n)
-        w["nodes"] = [n.name for n in victims]
-        self.log(f"nemesis: killed {', '.join(w['nodes'])}")
-
-    def _kill_off(self) -> None:
-        for n in self.killed:
-            self.cluster.restart(n)
-            self.log(f"nemesis: restarted {n.name}")
-        self.killed = []
-
-    def _pause_on(self, w: dict) -> None:
-        live = self.cluster.live()
-        victims = self.rng.sample(live, min(self.pause_n, max(0, len(live) - 1)))
-        remember_ids(self.cluster)
-        for n in victims:
-            self.cluster.pause(n)
-            self.paused.append(n)
-        w["nodes"] = [n.name for n in victims]
-        self.log(f"nemesis: paused {', '.join(w['nodes'])}")
-
-    def _pause_off(self) -> None:
-        for n in self.paused:
-            self.cluster.resume(n)
-            self.log(f"nemesis: resumed {n.name}")
-        self.paused = []
-
-    def _partition_on(self, w: dict) -> None:
-        rec = apply_partition(self.cluster, self.partition)
-        w["sees"] = rec["sees"]
-        self.log(f"nemesis: partition {self.partition}: " + "; ".join(" ".join(g) for g in rec["sees"]))
-
-    def _partition_off(self) -> None:
-        self.cluster.heal()
-        self.log("nemesis: healed partition")
-
-    def _delay_on(self, w: dict) -> None:
-        if hasattr(self.cluster, "delay"):
-            self.cluster.delay(self.delay)
-        elif not netem_available():
-            raise HarnessError(NETEM_MISSING)
-        else:
-            raise HarnessError("latency faults are only implemented on the docker backend")
-
-    def _delay_off(self) -> None:
-        pass
-
-    def stop_and_heal(self) -> None:
-        """Stop the schedule and undo every fault still active (restart killed nodes)."""
-        self._stop.set()
-        self._thread.join(60) if self._thread.is_alive() else None
-        for w in self.windows:
-            if w["end"] is None:
-                w["end"] = time.monotonic()
-        for n in self.paused:
-            self.cluster.resume(n)
-        self.paused = []
-        try:
-            self.cluster.heal()
-        except HarnessError:
-            pass
-        for n in self.killed:
-            self.cluster.restart(n)
-        self.killed = []
 
 
 # ---- report ---------------------------------------------------------------------------------------------
@@ -358,7 +264,10 @@ def plots(outdir: Path, t0: float, timing: dict, windows: list[dict]) -> list[Pa
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     def shade(ax) -> None:
-        colours = {"kill": "tab:red", "partition": "tab:orange", "pause": "tab:purple", "delay": "tab:green"}
+        colours = {"kill": "tab:red", "kill2": "tab:red", "restart": "tab:pink", "restart-all": "black",
+                   "partition": "tab:orange", "partition-toxiproxy": "tab:orange", "pause": "tab:purple",
+                   "latency": "tab:green", "bandwidth": "tab:olive", "blackhole": "tab:brown",
+                   "reset": "tab:cyan", "slow-close": "tab:gray", "flap": "tab:olive"}
         for w in windows:
             if w.get("start") is None:
                 continue

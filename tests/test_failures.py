@@ -1,6 +1,6 @@
 """Failure handling, proven with real node processes on loopback and Jepsen-style histories.
 
-Every test records what its client asked for and got back (jobgrid.history) and checks the history:
+Every test records what its client asked for and got back (harness.history) and checks the history:
 nothing acknowledged is lost, no result is recorded or delivered twice. Faults are real: SIGKILL,
 SIGSTOP/SIGCONT, restarts on the data dir, iptables partitions (root only).
 """
@@ -23,7 +23,7 @@ import pytest
 
 from harness.local import LocalCluster, NodeHandle
 from jobgrid.client import AsyncClient, build_spec, pickle_spec
-from jobgrid.history import HistoryRecorder, check
+from harness.history import HistoryRecorder, check
 
 from conftest import by_value, needs_root, wait_for
 

@@ -18,46 +18,54 @@ from pathlib import Path
 from harness import scenarios
 
 from conftest import needs_root, wait_for
+from harness_checks import assert_outcome, blackhole_then_partitions, flapping, slow_links_and_client_reset
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _up(cluster_factory):
+def _up(cluster_factory, links="direct"):
     # a 127.0.x.0/24 block of our own: iptables rules match addresses, so no other test's partition touches us
-    c = cluster_factory(replicas=3, runners=1, token="t" * 24, first_octet=256 * (40 + os.getpid() % 200) + 10)
+    c = cluster_factory(replicas=3, runners=1, token="t" * 24, first_octet=256 * (40 + os.getpid() % 200) + 10,
+                        links=links)
     c.up(5, timeout=90)
     return c
 
 
-def _assert_outcome(out: scenarios.Outcome) -> None:
-    assert out.verdict.valid, out.verdict.to_dict(limit=20)
-    assert out.verdict.acknowledged_count == 150
-    assert out.verdict.lost_count == 0 and out.verdict.duplicated_count == 0
-    for vid in out.victims:
-        assert out.promoted_for(vid), f"no promotion of {vid}'s backups in {out.promotions}"
-    assert sum(p.get("jobs", 0) for v in out.victims for p in out.promoted_for(v)) > 0, out.promotions
-
-
 def test_kill_two_of_five(cluster_factory):
-    _assert_outcome(scenarios.kill_two(_up(cluster_factory)))
+    assert_outcome(scenarios.kill_two(_up(cluster_factory)))
 
 
 @needs_root
 def test_partition_halves_then_heal(cluster_factory):
     c = _up(cluster_factory)
-    _assert_outcome(scenarios.partition_halves(c))
+    assert_outcome(scenarios.partition_halves(c))
     c.wait_converged(60)  # after heal the five agree again
 
 
 def test_pause_longer_than_failure_timeout(cluster_factory):
-    _assert_outcome(scenarios.pause_one(_up(cluster_factory)))
+    assert_outcome(scenarios.pause_one(_up(cluster_factory)))
 
 
 def test_kill_then_restart(cluster_factory):
     c = _up(cluster_factory)
     out = scenarios.kill_restart(c)
-    _assert_outcome(out)
+    assert_outcome(out)
     assert len(c.live()) == 5
+
+
+# ---- through Toxiproxy: every link (clients' too) passes its own proxy of a real toxiproxy-server ----
+# Scenarios that leave the grid healed and converged share one cluster (a 5-node start costs more than most).
+def test_blackhole_then_partitions_via_toxiproxy_and_iptables(cluster_factory):
+    blackhole_then_partitions(_up(cluster_factory, "toxiproxy"), iptables=os.geteuid() == 0)
+
+
+def test_slow_successor_big_jobs_on_a_slow_owner_and_a_client_reset(cluster_factory):
+    slow_links_and_client_reset(_up(cluster_factory, "toxiproxy"))
+
+
+def test_flapping_link_loses_nothing(cluster_factory):
+    out = flapping(_up(cluster_factory, "toxiproxy"))
+    print(f"flapping link: {out.fault['flips']} flips, {out.ring_changes} ring changes")
 
 
 def test_harness_run_cli_writes_run_folder(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for jobgrid.history: the recorder, the loader and the total-queue checker."""
+"""Tests for harness.history: the recorder, the loader and the total-queue checker."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobgrid.history import (
+from harness.history import (
     CheckResult,
     HistoryError,
     HistoryRecorder,

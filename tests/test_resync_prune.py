@@ -16,7 +16,7 @@ import time
 import uuid
 
 from jobgrid.client import build_spec
-from jobgrid.history import HistoryRecorder
+from harness.history import HistoryRecorder
 
 from conftest import by_value, wait_for
 from test_failures import TIMING, Workload, assert_valid, get_json

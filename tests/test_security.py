@@ -22,7 +22,7 @@ from aiohttp import web
 import jobgrid
 from harness.local import LocalCluster, free_port
 from jobgrid.examples import echo_env
-from jobgrid.history import HistoryRecorder, check
+from harness.history import HistoryRecorder, check
 from jobgrid.node.http import routes
 
 from conftest import needs_root, wait_for

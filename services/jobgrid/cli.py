@@ -74,6 +74,15 @@ def _float_env(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
 
 
+def _bool_env(name: str) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def _int_env(name: str) -> int | None:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -86,7 +95,7 @@ def _int_env(name: str) -> int | None:
 def cmd_server(args: argparse.Namespace) -> int:
     from .logs import configure
     from .node.app import serve
-    from .settings import JOB_KINDS, TLS, NodeSettings, Timing
+    from .settings import JOB_KINDS, TLS, NodeSettings, Timing, parse_dial
 
     from . import config
     config.apply(config.load(args.config))
@@ -132,7 +141,13 @@ def cmd_server(args: argparse.Namespace) -> int:
         tls=TLS(cert=_path(args.tls_cert), key=_path(args.tls_key), ca=_path(args.tls_ca)),
         timing=timing, max_queued=args.max_queued,
         max_conns_per_client=args.max_conns_per_client, log_level=level, body_timeout=args.body_timeout,
-        peer_transport=args.peer_transport or os.environ.get("JOBGRID_PEER_TRANSPORT", "stream"))
+        peer_transport=args.peer_transport or os.environ.get("JOBGRID_PEER_TRANSPORT", "stream"),
+        dial=parse_dial(",".join(args.dial) if args.dial else os.environ.get("JOBGRID_DIAL", "")),
+        force_new_cluster=args.force_new_cluster or _bool_env("JOBGRID_FORCE_NEW_CLUSTER"))
+    if settings.force_new_cluster:
+        err.print("[bold yellow]--force-new-cluster: if this node restarts without a majority of its ring, it "
+                  "brings the grid up from the members that are back and removes the others. Use it only for "
+                  "members that are gone for good, on one side only.[/]")
     from .node.secrecy import protect_credentials
     protect_credentials()  # out of the environment, /proc/<pid>/environ and other processes' reach
     if settings.insecure and not settings.token:
@@ -230,6 +245,8 @@ def cmd_result(args: argparse.Namespace) -> int:
 def cmd_servers(args: argparse.Namespace) -> int:
     with _client(args) as c:
         sl = c.servers()
+    if not sl.serving:
+        err.print(f"node {sl.me} is not serving: {sl.reason}", style="bold red", markup=False, soft_wrap=True)
     t = Table(title=f"ring epoch {sl.epoch} (answered by {sl.me})")
     for col in ("id", "location", "address", "active", "backup", "age", "status"):
         t.add_column(col)
@@ -238,7 +255,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
         t.add_row(s.id, f"{s.location:#018x}", f"{s.ip}:{s.port}", str(s.active), str(s.backup),
                   f"{max(0.0, now - s.timestamp):.1f}s" if s.timestamp else "-", s.status)
     out.print(t)
-    return 0
+    return 0 if sl.serving else 1
 
 
 def cmd_jobs(args: argparse.Namespace) -> int:
@@ -298,13 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("server", help="start a node: jobgrid server PORT [HOST PORT]")
-    s.add_argument("args", nargs="*", metavar="PORT [HOST PORT]")
-    s.add_argument("--host", help="bind address (default 127.0.0.1)")
-    s.add_argument("--advertise", help="address other nodes use to reach this one")
-    s.add_argument("--runners", type=int, help="worker processes (default: number of CPUs)")
-    s.add_argument("--data-dir", help="where the node keeps its queues")
-    s.add_argument("--replicas", type=int, help="copies of each job (default 3)")
-    s.add_argument("--token-file", help="file holding the cluster token (or JOBGRID_TOKEN)")
+    s.add_argument("args", nargs="*", metavar="PORT [HOST PORT]",
+                   help="port to listen on, then optionally HOST PORT of a live server to join through "
+                        "(env JOBGRID_PORT, JOBGRID_JOIN=HOST:PORT; default: start a new grid)")
+    s.add_argument("--host", help="bind address (env JOBGRID_HOST; default 127.0.0.1)")
+    s.add_argument("--advertise", help="address other nodes use to reach this one (env JOBGRID_ADVERTISE; "
+                                       "default: the bind address, 127.0.0.1 for 0.0.0.0)")
+    s.add_argument("--runners", type=int, help="worker processes running jobs (env JOBGRID_RUNNERS; "
+                                               "default: the number of CPUs)")
+    s.add_argument("--data-dir", help="directory of the node's SQLite queues (env JOBGRID_DATA_DIR; "
+                                      "default: the user data dir's jobgrid/node-PORT)")
+    s.add_argument("--replicas", type=int, help="copies of each job, owner included (env JOBGRID_REPLICAS; default 3)")
+    s.add_argument("--token-file", help="file holding the cluster token (env JOBGRID_TOKEN_FILE, or the token "
+                                        "itself in JOBGRID_TOKEN; default: none, loopback only)")
     s.add_argument("--read-token-file", help="file holding a read-only client token (or JOBGRID_READ_TOKEN)")
     s.add_argument("--peer-secret-file", help="file holding the secret nodes prove themselves with; clients never "
                                               "get it (or JOBGRID_PEER_SECRET; not needed with mutual TLS)")
@@ -317,59 +340,83 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-streams-per-client", type=int,
                    help="open /stream WebSockets per client IP (default 32; 0: no limit; peers: none)")
     s.add_argument("--header-timeout", type=float, help="seconds a new connection has to send its request head (10)")
-    s.add_argument("--insecure", action="store_true", help="allow a non-loopback address without a token")
-    s.add_argument("--tls-cert")
-    s.add_argument("--tls-key")
-    s.add_argument("--tls-ca")
-    s.add_argument("--heartbeat-interval", type=float)
-    s.add_argument("--failure-timeout", type=float)
-    s.add_argument("--lease-ttl", type=float)
-    s.add_argument("--job-timeout", type=float, help="default per-job timeout in seconds (300)")
-    s.add_argument("--max-queued", type=int, default=1_000_000)
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback bind address without a token (default: refused)")
+    s.add_argument("--tls-cert", help="PEM certificate: serve HTTPS (default: plain HTTP)")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert (default: none)")
+    s.add_argument("--tls-ca", help="PEM CA bundle to verify other nodes' certificates (default: the system's)")
+    s.add_argument("--heartbeat-interval", type=float,
+                   help="seconds between heartbeats (env JOBGRID_HEARTBEAT_INTERVAL; default 0.5)")
+    s.add_argument("--failure-timeout", type=float,
+                   help="seconds of silence before a server is declared dead (env JOBGRID_FAILURE_TIMEOUT; "
+                        "default 2.0; at least twice the heartbeat interval)")
+    s.add_argument("--lease-ttl", type=float,
+                   help="seconds a running job's lease lasts, renewed every third (env JOBGRID_LEASE_TTL; default 3.0)")
+    s.add_argument("--job-timeout", type=float,
+                   help="default per-job timeout in seconds (env JOBGRID_JOB_TIMEOUT; default 300)")
+    s.add_argument("--max-queued", type=int, default=1_000_000,
+                   help="jobs a node queues before it answers 503 (default 1000000)")
     s.add_argument("--max-conns-per-client", type=int, default=64,
                    help="concurrent requests allowed per client IP before 429 (default 64)")
     s.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a client has to send a request body before 408 (default 30)")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log level (env JOBGRID_LOG_LEVEL; default info)")
     s.add_argument("--peer-transport", choices=["stream", "http"],
-                   help="stream (default): node-to-node messages over one WebSocket per peer; http: a request each")
+                   help="stream (default): node-to-node messages over one WebSocket per peer; http: a request "
+                        "each (env JOBGRID_PEER_TRANSPORT)")
+    s.add_argument("--dial", action="append", metavar="PEER=ADDR",
+                   help="dial ADDR (HOST:PORT) to reach the peer advertised as PEER (HOST:PORT): NAT, sidecars, "
+                        "proxies; repeatable or comma-separated (env JOBGRID_DIAL; default: dial peers as advertised)")
+    s.add_argument("--force-new-cluster", action="store_true",
+                   help="after an outage, bring the grid up from the members that are back even without a "
+                        "majority of the ring (the others are removed); only for members gone for good "
+                        "(or JOBGRID_FORCE_NEW_CLUSTER=true)")
     s.add_argument("--config", help="TOML settings file (default: ./jobgrid.toml if present)")
     s.set_defaults(fn=cmd_server)
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--host", default="127.0.0.1")
-        sp.add_argument("--port", type=int, default=int(os.environ.get("JOBGRID_PORT", "8000")))
-        sp.add_argument("--address", action="append", help="node URL (repeatable, for failover)")
-        sp.add_argument("--token-file")
-        sp.add_argument("--timeout", type=float, default=30.0)
+        sp.add_argument("--host", default="127.0.0.1", help="node host (default 127.0.0.1)")
+        sp.add_argument("--port", type=int, default=int(os.environ.get("JOBGRID_PORT", "8000")),
+                        help="node port (env JOBGRID_PORT; default 8000)")
+        sp.add_argument("--address", action="append",
+                        help="node URL, repeatable, tried in order for failover (default http://HOST:PORT)")
+        sp.add_argument("--token-file", help="file holding the cluster token (env JOBGRID_TOKEN / "
+                                             "JOBGRID_TOKEN_FILE; default: none)")
+        sp.add_argument("--timeout", type=float, default=30.0, help="seconds per request to a node (default 30)")
 
     c = sub.add_parser("client", help="interactive client: jobgrid client PORT")
-    c.add_argument("port", type=int)
-    c.add_argument("--host", default="127.0.0.1")
-    c.add_argument("--address", action="append")
-    c.add_argument("--token-file")
-    c.add_argument("--timeout", type=float, default=300.0)
+    c.add_argument("port", type=int, help="port of the node to talk to")
+    c.add_argument("--host", default="127.0.0.1", help="node host (default 127.0.0.1)")
+    c.add_argument("--address", action="append",
+                   help="node URL, repeatable, tried in order for failover (default http://HOST:PORT)")
+    c.add_argument("--token-file", help="file holding the cluster token (env JOBGRID_TOKEN / JOBGRID_TOKEN_FILE; "
+                                        "default: none)")
+    c.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each result (default 300)")
     c.set_defaults(fn=cmd_client)
 
     sm = sub.add_parser("submit", help="submit a Python script: jobgrid submit SCRIPT [ARGS...]")
-    sm.add_argument("script")
+    sm.add_argument("script", help="path of the Python script to run as __main__")
     # "*" not REMAINDER, so options after the script (--wait --port P) stay options; script
     # arguments that start with "-" go after "--": jobgrid submit --wait -- s.py -x
-    sm.add_argument("argv", nargs="*")
-    sm.add_argument("--wait", action="store_true", help="wait for the result and print it")
-    sm.add_argument("--wait-timeout", type=float, default=None)
-    sm.add_argument("--job-timeout", type=float)
-    sm.add_argument("--priority", type=int, default=0)
+    sm.add_argument("argv", nargs="*", help="the script's arguments (after -- when they start with -)")
+    sm.add_argument("--wait", action="store_true", help="wait for the result and print it (default: print the id)")
+    sm.add_argument("--wait-timeout", type=float, default=None,
+                    help="seconds to wait for the result with --wait (default: no limit)")
+    sm.add_argument("--job-timeout", type=float,
+                    help="seconds the job may run before it is killed (default: the node's --job-timeout, 300)")
+    sm.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     sm.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="submit N copies; with --wait, a progress bar until all N results are in, "
-                         "then a one-line summary and each failure")
+                         "then a one-line summary and each failure (default 1)")
     client_opts(sm)
     sm.set_defaults(fn=cmd_submit)
 
     r = sub.add_parser("result", help="print a job's result, stdout and stderr")
-    r.add_argument("id")
-    r.add_argument("--wait", action="store_true")
-    r.add_argument("--wait-timeout", type=float, default=None)
+    r.add_argument("id", help="the job id (printed by submit)")
+    r.add_argument("--wait", action="store_true", help="wait until the job has a result (default: ask once)")
+    r.add_argument("--wait-timeout", type=float, default=None,
+                   help="seconds to wait with --wait (default: no limit)")
     client_opts(r)
     r.set_defaults(fn=cmd_result)
 
@@ -380,13 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
 
     j = sub.add_parser("jobs", help="jobs queued on a node")
-    j.add_argument("--state", choices=["queued", "leased"])
-    j.add_argument("--limit", type=int, default=100)
+    j.add_argument("--state", choices=["queued", "leased"], help="only jobs in this state (default: both)")
+    j.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
     client_opts(j)
     j.set_defaults(fn=cmd_jobs)
 
     k = sub.add_parser("cancel", help="cancel queued jobs")
-    k.add_argument("ids", nargs="+")
+    k.add_argument("ids", nargs="+", help="ids of the jobs to cancel")
     client_opts(k)
     k.set_defaults(fn=cmd_cancel)
     return p

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import ssl as ssl_mod
 import threading
@@ -19,26 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import cloudpickle
 import msgspec
 
-from .codec import JSON, MSGPACK, decode, encode
-from .logs import CAUSE_HEADER, new_cause
+from .logs import new_cause
 from .errors import (
     ConfigError, GridUnavailable, JobCancelled, JobFailed, JobNotFound, JobTimeout, ProtocolError, RemoteError,
 )
 from .node.batching import GroupCommit
-from .node.stream import STREAM_PATH, Link
+from .transport import Transport, token_from_env  # noqa: F401 - token_from_env: re-exported for the CLI
 from .protocol import (
     CancelRequest, JobSpec, Result, ServerList, SubmitRequest, SubmitResponse, WaitRequest, WaitResponse,
 )
 
-_WAIT_WINDOW = 512
-_STREAMED = frozenset({"/jobs", "/results/wait"})  # sent over the node's stream (see AsyncClient._send)
+_WAIT_WINDOW = 512  # ids per result poll: many waits (futures, wait_result calls) share one request
+_POLL = 1.0  # s one result poll may wait on the node: an id added meanwhile joins the next poll
 _LINGER = 0.003  # s a node may hold the ack of a small submission for its results (see _flush_submits)
 _LINGER_MAX_JOBS = 16
-_FIRST_CONTACT = 2.0  # seconds to keep trying addresses that never answered before giving up
 
 
 @dataclass(frozen=True)
@@ -52,23 +50,6 @@ class ScriptOutput:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
-
-
-def _normalise(address: str) -> str:
-    if "://" not in address:
-        address = "http://" + address
-    return address.rstrip("/")
-
-
-def token_from_env(token: str | None) -> str | None:
-    if token:
-        return token
-    if os.environ.get("JOBGRID_TOKEN"):
-        return os.environ["JOBGRID_TOKEN"]
-    path = os.environ.get("JOBGRID_TOKEN_FILE")
-    if path:
-        return Path(path).read_text().strip()
-    return None
 
 
 def decode_value(res: Result) -> Any:
@@ -96,6 +77,12 @@ def decode_value(res: Result) -> Any:
 
 
 def build_spec(kind: str, *, job_id: str | None = None, **opts: Any) -> JobSpec:
+    """A validated JobSpec. The job's id is `job_id=` or `id=` (the same thing; give one)."""
+    if "id" in opts:
+        alias = opts.pop("id")
+        if job_id is not None and alias is not None and alias != job_id:
+            raise ConfigError(f"give the job id once: job_id={job_id!r} and id={alias!r} differ")
+        job_id = job_id or alias
     delay = opts.pop("delay", None)
     if delay is not None:
         if delay < 0:
@@ -111,147 +98,63 @@ def build_spec(kind: str, *, job_id: str | None = None, **opts: Any) -> JobSpec:
         raise ConfigError(f"invalid job: {e}") from None
 
 
-class AsyncClient:
-    """`AsyncClient("http://127.0.0.1:8000")` or a list of addresses for failover."""
+@dataclass(eq=False)
+class _Waiter:
+    """One wait for a job's result: a future from `submit` (resolved with the job's value) or a
+    `wait_result` call (resolved with the result record)."""
+
+    fut: asyncio.Future
+    raw: bool = False
+    deadline: float | None = None  # wait_result's timeout (monotonic)
+    asked: bool = False            # a poll that included this id has come back since it was registered
+
+
+class AsyncClient(Transport):
+    """`AsyncClient("http://127.0.0.1:8000")` or a list of addresses for failover.
+
+    `timeout` bounds each call (a submission's ack, a status query) including its failover to other
+    nodes; the futures of submitted jobs wait for as long as their jobs take.
+    """
 
     def __init__(self, address: str | Sequence[str] = "http://127.0.0.1:8000", *, token: str | None = None,
                  ssl: ssl_mod.SSLContext | None = None, timeout: float = 30.0,
                  on_result: Callable[[Result], None] | None = None) -> None:
         """`on_result`, if given, sees every result record that resolves a future (node, timings...)."""
-        addrs = [address] if isinstance(address, str) else list(address)
-        if not addrs:
-            raise ConfigError("give at least one node address")
-        self.addresses = [_normalise(a) for a in addrs]
-        self.token = token_from_env(token)
-        self.ssl = ssl
-        self.timeout = timeout
-        self._current = 0
-        self._session: aiohttp.ClientSession | None = None
-        self._futures: dict[str, list[asyncio.Future]] = {}
+        super().__init__(address, token=token, ssl=ssl, timeout=timeout)
+        self._waiting: dict[str, list[_Waiter]] = {}
         self._waiter: asyncio.Task | None = None
         self._wake = asyncio.Event()
         self._submits: GroupCommit[JobSpec, SubmitResponse] = GroupCommit(self._flush_submits, max_items=5000)
         self._on_result = on_result
-        self._closed = False
-        self._learned = False
-        self._reached = False  # some node answered once: from then on an outage is waited out (failover)
+        self._poll_error: Exception | None = None
         self._unacked: dict[str, asyncio.Future] = {}
         self._early: dict[str, Result] = {}  # results that came with an ack, for futures not tracked yet
-        self._links: dict[str, Link] = {}  # node base URL -> its stream
-        self._streaming = True
         self._linger_ok = True
-
-    # ---- transport ---------------------------------------------------------------------------------
-    def _sess(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            headers = {"Accept": MSGPACK}
-            if self.token:
-                headers["Authorization"] = f"Bearer {self.token}"
-            self._session = aiohttp.ClientSession(headers=headers,
-                                                  connector=aiohttp.TCPConnector(limit=64, ssl=self.ssl or None))
-        return self._session
-
-    async def _call(self, method: str, path: str, body: Any, reply: type, *, timeout: float | None = None,
-                    retry_other_nodes: bool = True, cause: str | None = None) -> Any:
-        """One request; on a connection failure or 503, try the other nodes it knows."""
-        last: Exception | None = None
-        tries = len(self.addresses) if retry_other_nodes else 1
-        data = encode(body, MSGPACK) if body is not None else None
-        for _ in range(max(1, tries)):
-            base = self.addresses[self._current % len(self.addresses)]
-            try:
-                status, raw, ctype = await self._send(base, method, path, data, cause, timeout or self.timeout)
-            except (aiohttp.ClientConnectionError, OSError, TimeoutError) as e:
-                last = GridUnavailable(f"{base}: {type(e).__name__}: {e}")
-                self._rotate()
-                if not self._learned:
-                    await self._learn_servers()
-                continue
-            self._reached = True
-            if status == 401:
-                raise ProtocolError("the node refused the cluster token (401): set JOBGRID_TOKEN or pass token=", 401)
-            if status in (502, 503, 504):
-                last = GridUnavailable(f"{base}: {_err(raw)}")
-                self._rotate()
-                continue
-            if status == 404:
-                raise JobNotFound(_err(raw))
-            if status >= 400:
-                raise ProtocolError(f"{base}{path}: {_err(raw)}", status)
-            return decode(raw, reply, ctype)
-        raise last or GridUnavailable("no node answered")
-
-    async def _send(self, base: str, method: str, path: str, data: bytes | None, cause: str | None,
-                    timeout: float) -> tuple[int, bytes, str]:
-        """(status, body, content type) of one request: submissions and result waits over the node's
-        stream (one WebSocket, opened once), everything else as an HTTP request."""
-        if self._streaming and method == "POST" and path in _STREAMED and data is not None:
-            link = self._links.get(base)
-            if link is None:
-                link = self._links[base] = Link(self._sess(), base + STREAM_PATH)
-            try:
-                async with asyncio.timeout(timeout):
-                    status, raw = await link.call(path, data, cause)
-                return status, raw, MSGPACK if status < 400 else JSON
-            except aiohttp.WSServerHandshakeError as e:
-                if e.status == 401:
-                    return 401, b"", JSON
-                if e.status != 404:
-                    raise aiohttp.ClientConnectionError(f"stream refused: {e.status} {e.message}") from None
-                self._streaming = False  # a node without the stream: plain requests from now on
-        headers = {"Content-Type": MSGPACK} if data else {}
-        if cause:
-            headers[CAUSE_HEADER] = cause
-        async with self._sess().request(method, base + path, data=data, headers=headers or None,
-                                        timeout=aiohttp.ClientTimeout(total=timeout)) as r:
-            raw = await r.read()
-            return r.status, raw, MSGPACK if r.content_type == MSGPACK else JSON
-
-    def _rotate(self) -> None:
-        self._current = (self._current + 1) % len(self.addresses)
-
-    async def _learn_servers(self) -> None:
-        """Add every server of the grid to the addresses, so a dead node is not the end."""
-        self._learned = True
-        for base in list(self.addresses):
-            try:
-                async with self._sess().get(base + "/servers", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                    if r.status != 200:
-                        continue
-                    sl = decode(await r.read(), ServerList, r.content_type if r.content_type == MSGPACK else
-                                "application/json")
-                scheme = base.split("://")[0]
-                for s in sl.servers:
-                    a = f"{scheme}://{s.ip}:{s.port}"
-                    if a not in self.addresses:
-                        self.addresses.append(a)
-                return
-            except (aiohttp.ClientError, OSError, TimeoutError, msgspec.DecodeError):
-                continue
 
     # ---- submitting ------------------------------------------------------------------------------------
     async def submit_spec(self, spec: JobSpec) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         fut.job_id = spec.id  # type: ignore[attr-defined]
         await self._submits.submit([spec])
-        self._track(spec.id, fut)  # only acknowledged ids are waited for
+        self._track(spec.id, _Waiter(fut))  # only acknowledged ids are waited for
         return fut
 
     def submit_detached(self, spec: JobSpec) -> asyncio.Future:
         """Submit without waiting for the ack: a failed ack, or later the result, arrives in the future."""
         fut = asyncio.get_running_loop().create_future()
-        fut.job_id = spec.id  # type: ignore[attr-defined]
+        jid = fut.job_id = spec.id  # type: ignore[attr-defined]
         ack = asyncio.ensure_future(self._submits.submit([spec]))
-        self._unacked[spec.id] = ack
+        self._unacked[jid] = ack
+        del spec  # the ack's callback must not keep the job's payload alive
 
         def acked(a: asyncio.Future) -> None:
-            self._unacked.pop(spec.id, None)
+            self._unacked.pop(jid, None)
             err = GridUnavailable("submission cancelled") if a.cancelled() else a.exception()
             if err is not None:
                 if not fut.done():
                     fut.set_exception(err)
                 return
-            self._track(spec.id, fut)
+            self._track(jid, _Waiter(fut))
         ack.add_done_callback(acked)
         return fut
 
@@ -263,34 +166,26 @@ class AsyncClient:
 
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[SubmitResponse]:
         specs = [s for g in groups for s in g]
-        retry = False
-        start = time.monotonic()
-        end = start + self.timeout
         cause = new_cause("sub-")  # the batch's causal id: the nodes' log lines about these jobs carry it
         # a small batch lets the node hold the ack up to _LINGER for the jobs' results (short jobs then
         # need no wait request); a large one is acked at once
         linger = _LINGER if len(specs) <= _LINGER_MAX_JOBS and self._linger_ok else 0.0
         while True:
+            extra = {"linger": linger} if linger else {}
             try:
+                # an attempt after a failed one is a resubmission (retry: the grid looks the ids up first,
+                # so a job whose first attempt did reach a node is not created twice)
                 resp: SubmitResponse = await self._call(
-                    "POST", "/jobs", SubmitRequest(jobs=specs, retry=retry, **({"linger": linger} if linger else {})),
-                    SubmitResponse, cause=cause)
-                for res in resp.results:
-                    self._early[res.job_id] = res
-                return [resp] * len(groups)
+                    "POST", "/jobs", SubmitRequest(jobs=specs, **extra), SubmitResponse, cause=cause,
+                    again=SubmitRequest(jobs=specs, retry=True, **extra))
             except ProtocolError as e:
                 if e.status == 422 and linger and "linger" in str(e):  # a node from before `linger`
                     self._linger_ok, linger = False, 0.0
                     continue
                 raise
-            except GridUnavailable as e:
-                if not self._reached and time.monotonic() > start + min(_FIRST_CONTACT, self.timeout):
-                    raise GridUnavailable(f"no jobgrid server answered at {', '.join(self.addresses)}: is one "
-                                          f"running there? (last error: {e})") from None
-                if time.monotonic() > end:
-                    raise
-                retry = True  # the outcome is unknown: resubmit idempotently, the grid dedupes by id
-                await asyncio.sleep(0.1)
+            for res in resp.results:
+                self._early[res.job_id] = res
+            return [resp] * len(groups)
 
     async def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> asyncio.Future:
         return await self.submit_spec(pickle_spec(fn, args, kwargs))
@@ -310,6 +205,7 @@ class AsyncClient:
     async def map(self, fn: Callable, *iterables: Iterable, **opts: Any) -> list[Any]:
         specs = [pickle_spec(fn, args, {}, **opts) for args in zip(*iterables)]
         futs = await self.submit_many(specs)
+        del specs
         return [await f for f in futs]
 
     async def submit_many(self, specs: Sequence[JobSpec]) -> list[asyncio.Future]:
@@ -321,14 +217,14 @@ class AsyncClient:
             for s in chunk:
                 f = loop.create_future()
                 f.job_id = s.id  # type: ignore[attr-defined]
-                self._track(s.id, f)
+                self._track(s.id, _Waiter(f))
                 futs.append(f)
         return futs
 
     # ---- results -----------------------------------------------------------------------------------------
-    def _track(self, job_id: str, fut: asyncio.Future) -> None:
-        """Resolve `fut` with the job's result: at once if it came with the ack, else from the wait loop."""
-        self._futures.setdefault(job_id, []).append(fut)
+    def _track(self, job_id: str, w: _Waiter) -> None:
+        """Resolve `w` with the job's result: at once if it came with the ack, else from the wait loop."""
+        self._waiting.setdefault(job_id, []).append(w)
         early = self._early.pop(job_id, None)
         if early is not None:
             self._resolve(early)
@@ -340,11 +236,28 @@ class AsyncClient:
         if self._waiter is None or self._waiter.done():
             self._waiter = asyncio.ensure_future(self._wait_loop())
 
+    def _expire(self, now: float) -> None:
+        """Drop finished waits; a wait_result past its deadline that the grid was asked about times out."""
+        for jid in list(self._waiting):
+            ws = [w for w in self._waiting[jid] if not w.fut.done()]
+            for w in ws:
+                if w.deadline is not None and now >= w.deadline and w.asked:
+                    w.fut.set_exception(JobTimeout(f"job {jid} has no result yet (waited until the timeout)"))
+            ws = [w for w in ws if not w.fut.done()]
+            if ws:
+                self._waiting[jid] = ws
+            else:
+                del self._waiting[jid]
+
     async def _wait_loop(self) -> None:
+        """One long poll at a time for every awaited id (a window of them when there are many). Only an
+        id that a settled grid does not know fails its waits (JobNotFound); "not known yet" and a grid
+        that cannot be reached are waited out: a job's future never fails because of a failover."""
         offset = 0
-        while self._futures and not self._closed:
-            self._futures = {k: v for k, v in self._futures.items() if any(not f.done() for f in v)}
-            ids = list(self._futures)
+        while not self._closed:
+            now = time.monotonic()
+            self._expire(now)
+            ids = list(self._waiting)
             if not ids:
                 break
             if len(ids) > _WAIT_WINDOW:  # the oldest half (they finish next) and a rotating half (no starving)
@@ -353,50 +266,74 @@ class AsyncClient:
                 offset = offset % len(rest)
                 ids = ids[:half] + (rest[offset:] + rest[:offset])[:half]
                 offset += half
+            sent = [(i, list(self._waiting.get(i, ()))) for i in ids]
+            deadlines = [w.deadline for _, ws in sent for w in ws if w.deadline is not None]
+            hold = _POLL if not deadlines else max(0.0, min(_POLL, min(deadlines) - now))
+            self._wake.clear()
             try:
-                resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=ids, timeout=5.0),
-                                                      WaitResponse, timeout=self.timeout + 5)
+                resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=ids, timeout=hold),
+                                                      WaitResponse, poll=hold)
             except (GridUnavailable, ProtocolError) as e:
-                for v in self._futures.values():
-                    for f in v:
-                        if not f.done() and getattr(f, "_give_up", 0) and time.monotonic() > f._give_up:
-                            f.set_exception(e)
+                self._poll_error = e
+                for _, ws in sent:  # a wait_result past its deadline learns why it got no answer
+                    for w in ws:
+                        if w.deadline is not None and time.monotonic() >= w.deadline and not w.fut.done():
+                            w.fut.set_exception(e)
                 await asyncio.sleep(0.2)
                 continue
+            self._poll_error = None
+            for _, ws in sent:
+                for w in ws:
+                    w.asked = True
             for res in resp.results:
                 self._resolve(res)
             for jid in resp.unknown:
-                for f in self._futures.pop(jid, []):
-                    if not f.done():
-                        f.set_exception(JobNotFound(f"no server knows job {jid}"))
+                for w in self._waiting.pop(jid, []):
+                    if not w.fut.done():
+                        w.fut.set_exception(JobNotFound(f"no server knows job {jid}"))
+            # resp.undetermined: not known yet (a failover is under way); those ids are simply asked again
 
     def _resolve(self, res: Result) -> None:
-        if self._on_result is not None and res.job_id in self._futures:
+        waiters = self._waiting.pop(res.job_id, [])
+        if self._on_result is not None and waiters:
             self._on_result(res)
-        for f in self._futures.pop(res.job_id, []):
-            if f.done():
+        for w in waiters:
+            if w.fut.done():
+                continue
+            if w.raw:
+                w.fut.set_result(res)
                 continue
             try:
-                f.set_result(decode_value(res))
+                w.fut.set_result(decode_value(res))
             except BaseException as e:  # noqa: BLE001 - the job's own exception travels to the caller
-                f.set_exception(e)
+                w.fut.set_exception(e)
 
     async def result(self, job_id: str, timeout: float | None = None) -> Any:
         return decode_value(await self.wait_result(job_id, timeout))
 
     async def wait_result(self, job_id: str, timeout: float | None = None) -> Result:
+        """The job's result record, waiting up to `timeout` seconds (None: as long as it takes).
+
+        Many concurrent calls share one long poll. Raises JobNotFound only when the grid is settled and
+        no node holds the job, JobTimeout when the timeout passes first.
+        """
         await self._settled([job_id])
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = 10.0 if end is None else max(0.0, min(10.0, end - time.monotonic()))
-            resp: WaitResponse = await self._call("POST", "/results/wait", WaitRequest(ids=[job_id], timeout=left),
-                                                  WaitResponse, timeout=left + self.timeout)
-            if resp.results:
-                return resp.results[0]
-            if resp.unknown:
-                raise JobNotFound(f"no server knows job {job_id}")
-            if end is not None and time.monotonic() >= end:
-                raise JobTimeout(f"job {job_id} has no result after {timeout} s")
+        fut = asyncio.get_running_loop().create_future()
+        w = _Waiter(fut, raw=True, deadline=None if timeout is None else time.monotonic() + max(0.0, timeout))
+        self._track(job_id, w)
+        try:
+            if timeout is None:
+                return await fut
+            # the loop answers by the deadline; the grace covers one failing-over request when none answers
+            return await asyncio.wait_for(asyncio.shield(fut), max(0.0, timeout) + self.timeout + _POLL)
+        except TimeoutError:
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception() from None
+            raise JobTimeout(f"job {job_id} has no result after {timeout} s"
+                             + (f" (last error: {self._poll_error})" if self._poll_error else "")) from None
+        finally:
+            if not fut.done():
+                fut.cancel()
 
     async def status(self, job_id: str) -> dict:
         await self._settled([job_id])
@@ -415,10 +352,17 @@ class AsyncClient:
         return out["cancelled"]
 
     async def close(self) -> None:
+        """Wait (up to `timeout`) for submissions still being acknowledged, so none is dropped unsent; stop."""
+        if self._unacked:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout):
+                    await self._settled(list(self._unacked))
         self._closed = True
-        if self._waiter is not None:
-            self._waiter.cancel()
-            await asyncio.gather(self._waiter, return_exceptions=True)
+        for t in [self._waiter, *self._background]:
+            if t is not None:
+                t.cancel()
+        await asyncio.gather(*(t for t in [self._waiter, *self._background] if t is not None),
+                             return_exceptions=True)
         for link in self._links.values():
             await link.close()
         self._links.clear()
@@ -452,16 +396,6 @@ def script_spec(path_or_source: str | os.PathLike, argv: Sequence[str] = (), **o
     else:
         source = str(path_or_source)
     return build_spec("script", source=source, argv=[str(a) for a in argv], name=name or "script", **opts)
-
-
-def _err(raw: bytes) -> str:
-    try:
-        return str(msgspec.json.decode(raw).get("error", raw[:200]))
-    except Exception:  # noqa: BLE001
-        try:
-            return str(msgspec.msgpack.decode(raw))[:300]
-        except Exception:  # noqa: BLE001
-            return raw[:200].decode(errors="replace")
 
 
 class JobFuture(concurrent.futures.Future):

@@ -20,7 +20,8 @@ KEYS: dict[str, str] = {
     "log_level": "JOBGRID_LOG_LEVEL", "heartbeat_interval": "JOBGRID_HEARTBEAT_INTERVAL",
     "failure_timeout": "JOBGRID_FAILURE_TIMEOUT", "lease_ttl": "JOBGRID_LEASE_TTL",
     "job_timeout": "JOBGRID_JOB_TIMEOUT", "token_file": "JOBGRID_TOKEN_FILE",
-    "peer_transport": "JOBGRID_PEER_TRANSPORT",
+    "peer_transport": "JOBGRID_PEER_TRANSPORT", "dial": "JOBGRID_DIAL",
+    "force_new_cluster": "JOBGRID_FORCE_NEW_CLUSTER",
     "read_token_file": "JOBGRID_READ_TOKEN_FILE", "peer_secret_file": "JOBGRID_PEER_SECRET_FILE",
     "job_user": "JOBGRID_JOB_USER", "allow_kinds": "JOBGRID_ALLOW_KINDS", "allow_modules": "JOBGRID_ALLOW_MODULES",
     "max_pending_per_client": "JOBGRID_MAX_PENDING_PER_CLIENT", "header_timeout": "JOBGRID_HEADER_TIMEOUT",
@@ -50,4 +51,8 @@ def apply(settings: dict[str, Any], environ: dict[str, str] | None = None) -> No
     """Set JOBGRID_* variables from the file where the environment does not already set them."""
     env = os.environ if environ is None else environ
     for key, value in settings.items():
-        env.setdefault(KEYS[key], ",".join(map(str, value)) if isinstance(value, list) else str(value))
+        if isinstance(value, dict):  # dial = { "10.0.0.5:8000" = "127.0.0.1:21001" }
+            value = ",".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):  # dial = ["10.0.0.5:8000=127.0.0.1:21001"]
+            value = ",".join(map(str, value))
+        env.setdefault(KEYS[key], str(value))

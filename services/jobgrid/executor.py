@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -59,16 +60,17 @@ class GridExecutor(concurrent.futures.Executor):
 
 
 def _results(futs: list[JobFuture], timeout: float | None) -> Iterator[Any]:
-    import time
+    """map's results in order. A future is popped and read in one expression, so the iterator keeps no
+    reference to a result it has yielded (CPython's `test_free_reference`)."""
     end = None if timeout is None else time.monotonic() + timeout
     try:
         futs.reverse()
         while futs:
-            f = futs.pop()
-            if end is None:
-                yield f.result()
-            else:
-                yield f.result(end - time.monotonic())
+            yield _result(futs.pop(), end)
     finally:
         for f in futs:
             f.cancel()
+
+
+def _result(fut: JobFuture, end: float | None) -> Any:
+    return fut.result() if end is None else fut.result(end - time.monotonic())

@@ -119,7 +119,10 @@ class WaitRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class WaitResponse(msgspec.Struct):
     results: list[Result]
-    unknown: list[str]
+    unknown: list[str]  # no member of a settled grid holds these ids: JobNotFound
+    # not known yet: some node that might hold them did not answer (a failover is under way); keep waiting.
+    # Older clients ignore it and see these ids as still pending, which is what they are to them.
+    undetermined: list[str] = []
 
 
 class JobStatus(msgspec.Struct):
@@ -154,6 +157,8 @@ class ServerList(msgspec.Struct):
     epoch: Epoch
     me: str
     servers: list[ServerEntry]
+    serving: bool = True  # false: the answering node takes no work now, `reason` says why
+    reason: str = ""
 
 
 # ---- peer protocol ----------------------------------------------------------------------------
@@ -265,6 +270,15 @@ class LookupRequest(msgspec.Struct, forbid_unknown_fields=True):
 class LookupResponse(msgspec.Struct):
     results: list[Result]
     jobs: list[JobRecord]
+
+
+class RecoveryState(msgspec.Struct):
+    """GET /peer/recovery: what a node restarting after an outage asks the members of its saved ring."""
+
+    node: str
+    live: bool                     # a member of a running grid (then `ring` is that grid's ring)
+    ring: RingState
+    saved: RingState | None = None  # the ring it had agreed to before it (re)started
 
 
 class UnlockRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -85,6 +85,11 @@ class NodeSettings:
     peer_transport: str = "stream"  # "stream": peer messages over one WebSocket per peer; "http": a request each
     membership: str = "auto"  # "all-to-all" | "swim" | "auto" (SWIM above 32 members): jobgrid/swim/config.py
     swim: SwimConfig = field(default_factory=SwimConfig)
+    # a peer's advertised (host, port) -> the (host, port) to dial instead (NAT, sidecars, the harness's proxies)
+    dial: tuple[tuple[tuple[str, int], tuple[str, int]], ...] = ()
+    # restarting after an outage, bring the grid up from the members that are back even without a majority of
+    # the saved ring (the rest are removed): an operator's decision for members that are gone for good
+    force_new_cluster: bool = False
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -171,6 +176,27 @@ class NodeSettings:
     @property
     def scheme(self) -> str:
         return "https" if self.tls.enabled else "http"
+
+
+def parse_dial(text: str) -> tuple[tuple[tuple[str, int], tuple[str, int]], ...]:
+    """`ADVERTISED=DIAL[,ADVERTISED=DIAL...]`, each side `HOST:PORT` (IPv6 as `[::1]:8000`)."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        peer, sep, dial = item.partition("=")
+        if not sep:
+            raise ConfigError(f"dial entry {item!r} must be ADVERTISED_HOST:PORT=DIAL_HOST:PORT")
+        out.append((_host_port(peer, "dial"), _host_port(dial, "dial")))
+    return tuple(out)
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: {text!r} is not HOST:PORT")
+    return host, int(port)
 
 
 def is_loopback(host: str) -> bool:

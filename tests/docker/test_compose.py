@@ -82,38 +82,60 @@ def test_compose_grid_of_three_agrees_and_runs_a_job(node_image):
                                   capture_output=True, text=True, timeout=30).stdout.strip()
         assert internal == "true", f"network {net} must be internal, got {internal!r}"
 
-        ips = {}
-        for svc in ("node1", "node2", "node3"):
-            cid = compose("ps", "-q", svc).stdout.strip()
-            assert cid, f"no container for {svc}"
-            info = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True,
-                                             timeout=30).stdout)[0]
-            assert not any(info["NetworkSettings"]["Ports"].get(p) for p in info["NetworkSettings"]["Ports"]), \
-                f"{svc} publishes a port: {info['NetworkSettings']['Ports']}"
-            ips[svc] = info["NetworkSettings"]["Networks"][net]["IPAddress"]
+        def addresses() -> dict[str, str]:
+            ips = {}
+            for svc in ("node1", "node2", "node3"):
+                cid = compose("ps", "-q", svc).stdout.strip()
+                assert cid, f"no container for {svc}"
+                info = json.loads(subprocess.run(["docker", "inspect", cid], capture_output=True, text=True,
+                                                 timeout=30).stdout)[0]
+                ports = info["NetworkSettings"]["Ports"]
+                assert not any(ports.get(p) for p in ports), f"{svc} publishes a port: {ports}"
+                ips[svc] = info["NetworkSettings"]["Networks"][net]["IPAddress"]
+            return ips
 
-        # All three nodes answer /servers with the same 3-member ring at the same epoch.
-        deadline, last = time.monotonic() + 90, None
-        while time.monotonic() < deadline:
-            try:
-                views = [_get(f"http://{ip}:8000/servers", token) for ip in ips.values()]
-                rings = {(v["epoch"], tuple(sorted((s["id"], s["location"]) for s in v["servers"])))
-                         for v in views}
-                last = views
-                if len(rings) == 1 and len(views[0]["servers"]) == 3 \
-                        and all(s["status"] == "alive" for s in views[0]["servers"]):
-                    break
-            except OSError as exc:
-                last = exc
-            time.sleep(0.5)
-        else:
+        def agreed_ring(ips: dict[str, str]) -> dict:
+            """All three nodes answer /servers with the same 3-member ring at the same epoch."""
+            deadline, last = time.monotonic() + 90, None
+            while time.monotonic() < deadline:
+                try:
+                    views = [_get(f"http://{ip}:8000/servers", token) for ip in ips.values()]
+                    rings = {(v["epoch"], tuple(sorted((s["id"], s["location"]) for s in v["servers"])))
+                             for v in views}
+                    last = views
+                    if len(rings) == 1 and len(views[0]["servers"]) == 3 \
+                            and all(s["status"] == "alive" for s in views[0]["servers"]) \
+                            and all(v.get("serving", True) for v in views):
+                        return views[0]
+                except OSError as exc:
+                    last = exc
+                time.sleep(0.5)
             logs = compose("logs", "--tail", "20").stdout
             pytest.fail(f"nodes did not agree on a ring of 3 within 90 s; last: {last}\n{logs}")
-        assert {s["ip"] for s in views[0]["servers"]} == {"node1", "node2", "node3"}
+
+        ips = addresses()
+        ring = agreed_ring(ips)
+        assert {s["ip"] for s in ring["servers"]} == {"node1", "node2", "node3"}
 
         with Client(f"http://{ips['node1']}:8000", token=token, timeout=60) as client:
             futs = [client.submit(examples.add, i, 100) for i in range(6)]
             assert [f.result(timeout=90) for f in futs] == [100 + i for i in range(6)]
+            done = {f.job_id: client.wait_result(f.job_id, timeout=30) for f in futs}
+
+        # `compose down` then `up` with the volumes kept: the nodes come back by themselves (each finds the
+        # others from the ring it saved), as the same members, and serve the results recorded before
+        down = compose("down")
+        assert down.returncode == 0, f"compose down failed:\n{down.stdout}\n{down.stderr}"
+        up = compose("up", "-d", "--no-build")
+        assert up.returncode == 0, f"compose up (second) failed:\n{up.stdout}\n{up.stderr}"
+        ips = addresses()
+        again = agreed_ring(ips)
+        assert {s["id"] for s in again["servers"]} == {s["id"] for s in ring["servers"]}, (ring, again)
+        with Client([f"http://{ip}:8000" for ip in ips.values()], token=token, timeout=60) as client:
+            for jid, res in done.items():
+                back = client.wait_result(jid, timeout=60)
+                assert (back.node, back.finished_at, back.value) == (res.node, res.finished_at, res.value)
+            assert client.submit(examples.add, 1, 2).result(timeout=90) == 3
     finally:
         down = compose("down", "-v", "--remove-orphans")
         left = _leftovers(project)

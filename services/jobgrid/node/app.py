@@ -53,7 +53,7 @@ class Node:
         self.peers = Peers(token=settings.peer_secret, scheme=settings.scheme, ssl_context=client_ssl(settings),
                            timeout=max(5.0, settings.timing.failure_timeout),
                            local_host=settings.host if settings.host not in ("0.0.0.0", "::", "") else None,
-                           stream=settings.peer_transport == "stream")
+                           stream=settings.peer_transport == "stream", dial=dict(settings.dial))
         self.grid = Grid(settings, self.peers, self.metrics)
         self.peers.identity = lambda: self.grid.id  # named in every peer call (X-Jobgrid-Node)
         self.pool: WorkerPool | None = None

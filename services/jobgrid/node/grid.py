@@ -30,13 +30,15 @@ from .batching import GroupCommit
 from .jobs import JobFlow, LocalRunner
 from .metrics import Metrics
 from .peers import PeerError, Peers
+from .restart import Restart
+from .search import Search
 from .store import Store
 
 _ring_enc = msgspec.msgpack.Encoder()
 _ring_dec = msgspec.msgpack.Decoder(RingState)
 
 
-class Grid(JobFlow):
+class Grid(JobFlow, Search, Restart):
     """One server: its store, its view of the ring, and the protocol with its peers (and, from
     `JobFlow`, what happens to the jobs it owns)."""
 
@@ -137,6 +139,8 @@ class Grid(JobFlow):
     def require_serving(self) -> None:
         if self.stopping:
             raise Unavailable("node is stopping")
+        if self.recovering is not None:
+            raise Unavailable(self.not_serving_reason() or "restarting", retry_after=2.0)
         if not self.mem.is_member:
             raise Unavailable("node is not (yet) a member of the ring")
         if not self.mem.has_quorum(time.monotonic()):
@@ -147,6 +151,12 @@ class Grid(JobFlow):
         wall = time.time()
         out = []
         c = self.counts()
+        waiting = self.recovering
+        if waiting is not None:  # restarting after an outage: the ring it waits for, who is back and who not
+            out = [ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port,
+                               status="alive" if m.id in waiting.back else "dead") for m in waiting.ring.members]
+            return ServerList(epoch=waiting.ring.epoch, me=self.id, servers=out, serving=False,
+                              reason=self.not_serving_reason() or "")
         for m in self.mem.members:
             if m.id == self.id:
                 out.append(ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port, active=c["queued"],
@@ -157,7 +167,9 @@ class Grid(JobFlow):
                 out.append(ServerEntry(id=m.id, location=m.location, ip=m.ip, port=m.port,
                                        active=self.mem.active.get(m.id, 0), backup=self.mem.backup.get(m.id, 0),
                                        timestamp=ts, status=self.mem.status(m.id, now)))  # type: ignore[arg-type]
-        return ServerList(epoch=self.mem.ring.epoch, me=self.id, servers=out)
+        reason = self.not_serving_reason()
+        return ServerList(epoch=self.mem.ring.epoch, me=self.id, servers=out, serving=reason is None,
+                          reason=reason or "")
 
     # ---- ring changes --------------------------------------------------------------------------------
     def apply_ring(self, new: RingState) -> RingChange | None:
@@ -227,13 +239,18 @@ class Grid(JobFlow):
             self.joined.set()
             self.event("grid_started", location=loc)
             return
-        ring = await self._fetch_ring_any(contacts)
-        if ring is None:
-            if self.s.join is None and self.saved_ring is not None:
-                raise GridUnavailable("none of the servers this node knew answered; start it with "
-                                      "HOST PORT of a live server to rejoin")
-            raise GridUnavailable(f"no server answered at {self.s.join[0]}:{self.s.join[1]}" if self.s.join
-                                  else "no server answered")
+        if self.saved_ring is not None and self.saved_ring.members:
+            # restarted on its data dir: a live grid takes it back; after an outage of the whole grid, it
+            # waits for a majority of the ring it knew (restart.py), however long that takes
+            ring = await self.recover(contacts)
+            if ring is None:
+                return
+        else:
+            ring = await self._fetch_ring_any(contacts)
+        if ring is None:  # a new node whose contact does not answer (yet): keep trying until join_timeout
+            self.event("join_waiting", contacts=[f"{h}:{p}" for h, p in contacts])
+            await self.join(contacts)
+            return
         mine = next((m for m in ring.members if m.id == self.id), None)
         if mine is not None and mine.ip == self.s.advertised_host and mine.port == self.s.port:
             self.apply_ring(ring)
@@ -265,7 +282,8 @@ class Grid(JobFlow):
         attempt = 0
         while not self.stopping:
             if time.monotonic() > deadline:
-                raise GridUnavailable(f"could not join the grid within {self.t.join_timeout:.0f} s")
+                raise GridUnavailable(f"could not join the grid within {self.t.join_timeout:.0f} s: no server "
+                                      f"answered at {', '.join(f'{h}:{p}' for h, p in contacts)}")
             ring = await self._fetch_ring_any(contacts)
             if ring is None or not ring.members:
                 await asyncio.sleep(join_backoff(attempt, random.random()))
@@ -377,6 +395,7 @@ class Grid(JobFlow):
             self.spawn(self._send_ring(m, self.mem.ring), "push-ring")
 
     def on_heartbeat(self, hb: Heartbeat) -> HeartbeatReply:
+        self.poke_recovery(hb.sender)
         member = self.mem.member(hb.sender) is not None
         if member:
             if hb.active and not self.mem.active.get(hb.sender):
@@ -409,22 +428,44 @@ class Grid(JobFlow):
 
     # ---- replication -------------------------------------------------------------------------------
     async def replicate(self, make: ReplicateRequest, deadline: float | None = None) -> None:
-        """Send `make` to every current successor; retry (following ring changes) until all have it."""
+        """Send `make` to every current successor; retry (following ring changes) until all have it.
+
+        A successor that stops answering (killed, frozen, cut off) is not waited for past the ring change
+        that removes it: its copy is then due on the new successor instead, so a fault delays submissions
+        by about the failure timeout, not by the peer call's own timeout."""
         done: set[str] = set()
         end = time.monotonic() + (deadline if deadline is not None else 2 * self.t.failure_timeout + 2)
-        while True:
-            targets = [m for m in self.mem.successors(self.id) if m.id not in done]
-            if not targets:
-                return
-            results = await asyncio.gather(*(self._replicate_one(m, make) for m in targets))
-            for m, ok in zip(targets, results):
-                if ok:
-                    done.add(m.id)
-            if all(results):
-                continue  # successors may have changed meanwhile: loop checks again
-            if time.monotonic() > end or self.stopping:
-                raise Unavailable("could not copy the jobs to enough replicas in time; outcome unknown")
-            await asyncio.sleep(0.05)
+        sending: dict[str, asyncio.Task] = {}
+        retry_at: dict[str, float] = {}
+        try:
+            while True:
+                targets = {m.id: m for m in self.mem.successors(self.id) if m.id not in done}
+                if not targets:
+                    return
+                for mid in [k for k in sending if k not in targets]:  # no longer a successor: not needed
+                    sending.pop(mid).cancel()
+                now = time.monotonic()
+                for mid, m in targets.items():
+                    if mid not in sending and retry_at.get(mid, 0.0) <= now:
+                        sending[mid] = asyncio.ensure_future(self._replicate_one(m, make))
+                if now > end or self.stopping:
+                    raise Unavailable("could not copy the jobs to enough replicas in time; outcome unknown")
+                if sending:  # wake on an answer, or soon enough to see a ring change
+                    finished, _ = await asyncio.wait(sending.values(), timeout=0.1,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    finished = set()
+                    await asyncio.sleep(0.05)
+                for mid, t in list(sending.items()):
+                    if t in finished:
+                        del sending[mid]
+                        if t.result():
+                            done.add(mid)
+                        else:
+                            retry_at[mid] = time.monotonic() + 0.05
+        finally:
+            for t in sending.values():
+                t.cancel()
 
     async def _replicate_one(self, m: Member, req: ReplicateRequest) -> bool:
         req = msgspec.structs.replace(req, epoch=self.mem.ring.epoch)
@@ -637,20 +678,6 @@ class Grid(JobFlow):
             for r in a.results:
                 out[r.job_id] = r
         return out
-
-    async def locate(self, job_id: str) -> Result | JobRecord | None:
-        """The freshest thing known about a job: a result anywhere, else its queued record."""
-        res = self.store.get_results([job_id]).get(job_id)
-        if res is not None:
-            return res
-        held = self.store.get_jobs([job_id]).get(job_id)
-        if held is not None and held[0].owner == self.id:
-            return held[0]
-        try:
-            found = await self.lookup_everywhere([job_id]) if self.mem.peers() else {}
-        except GridUnavailable:
-            found = {}
-        return found.get(job_id) or (held[0] if held is not None else None)
 
     def on_lookup(self, req: LookupRequest) -> LookupResponse:
         results = self.store.get_results(req.ids)

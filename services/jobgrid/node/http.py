@@ -20,6 +20,7 @@ from ..protocol import (
     ReplicateRequest, ReportRequest, StealRequest, SubmitRequest, SubmitResponse, UnlockRequest, WaitRequest,
     WaitResponse, JobId, JobRecord, Result,
 )
+from ..lookup import Verdict
 from ..settings import NodeSettings
 from .auth import (
     NODE_HEADER, SESSION_COOKIE, Credentials, FRAME_ROLES, Caller, code_refusal, host_ok, origin_ok, identify, may, message_sender,
@@ -90,8 +91,9 @@ def parse(raw: bytes, typ: type, ct: str = MSGPACK) -> Any:
 
 def failure(grid: Grid, path: str, e: Exception) -> tuple[int, bytes, str, dict[str, str]]:
     """A handler's exception as (status, body, content type, headers): one mapping for HTTP and the stream."""
-    if isinstance(e, Unavailable):
-        return e.status, _error_body(str(e)), JSON, {"Retry-After": str(max(1, round(e.retry_after)))}
+    if isinstance(e, Unavailable):  # Retry-After also in the body: a stream answer has no headers
+        return (e.status, encode({"error": str(e), "retry_after": e.retry_after}, JSON), JSON,
+                {"Retry-After": str(max(1, round(e.retry_after)))})
     if isinstance(e, ProtocolError):
         if e.status == 409 and path.startswith("/peer/"):  # fencing: the answer carries our ring
             return 409, encode(grid.mem.ring, MSGPACK), MSGPACK, {}
@@ -220,9 +222,11 @@ def _release(counts: dict[str, int], key: str) -> None:
 
 def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
     async def healthz(request: web.Request) -> web.Response:
-        serving = grid.joined.is_set() and not grid.stopping
-        return web.json_response({"ok": serving, "node": grid.id, "member": grid.mem.is_member},
-                                 status=200 if serving else 503)
+        reason = grid.not_serving_reason()
+        body = {"ok": reason is None, "node": grid.id, "member": grid.mem.is_member}
+        if reason is not None:
+            body["reason"] = reason
+        return web.json_response(body, status=200 if reason is None else 503)
 
     async def servers(request: web.Request) -> web.Response:
         return reply(request, grid.server_list())
@@ -250,8 +254,8 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         return reply(request, await wait_message(await body(request, WaitRequest)))
 
     async def wait_message(req: WaitRequest) -> WaitResponse:
-        res, unknown = await grid.wait_results(req.ids, req.timeout)
-        return WaitResponse(results=res, unknown=unknown)
+        res, unknown, undetermined = await grid.wait_results(req.ids, req.timeout)
+        return WaitResponse(results=res, unknown=unknown, undetermined=undetermined)
 
     def _job_id(request: web.Request) -> str:
         raw = request.match_info["id"]
@@ -262,16 +266,20 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     async def job_status(request: web.Request) -> web.Response:
         jid = _job_id(request)
-        st = await job_view(grid, jid)
-        if st is None:
+        found = await grid.locate(jid)
+        if found is None:
             return error(request, 404, f"no server knows job {jid}")
-        return reply(request, st)
+        if isinstance(found, Verdict):
+            return _not_known_yet(request, jid)
+        return reply(request, job_view(found))
 
     async def job_result(request: web.Request) -> web.Response:
         jid = _job_id(request)
         found = await grid.locate(jid)
         if found is None:
             return error(request, 404, f"no server knows job {jid}")
+        if isinstance(found, Verdict):
+            return _not_known_yet(request, jid)
         if not isinstance(found, Result):
             return error(request, 404, f"job {jid} has no result yet", **{"Retry-After": "1"})
         return reply(request, found)
@@ -319,6 +327,9 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
     async def p_ring_get(request: web.Request) -> web.Response:
         return reply(request, grid.mem.ring)
 
+    async def p_recovery(request: web.Request) -> web.Response:
+        return reply(request, grid.recovery_state())
+
     def bind(request: web.Request) -> StreamBinding:
         g: Grid = request.app["grid"]
 
@@ -355,7 +366,8 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
         web.get("/jobs", list_jobs), web.get("/jobs/{id}", job_status), web.get("/jobs/{id}/result", job_result),
         web.post("/jobs/cancel", cancel), web.post("/results/wait", wait), web.get("/results", recent),
         web.get("/state", state), web.get("/metrics", metrics),
-        web.get("/peer/ring", p_ring_get), web.get(STREAM_PATH, streams.route),
+        web.get("/peer/ring", p_ring_get), web.get("/peer/recovery", p_recovery),
+        web.get(STREAM_PATH, streams.route),
         *(web.post(path, peer(typ, name)) for path, (typ, name) in PEER_MESSAGES.items()),
     ]
 
@@ -378,15 +390,18 @@ def _status(rec, state: str) -> JobStatus:
                      name=rec.spec.name, priority=rec.spec.priority, submitted_at=rec.submitted_at)
 
 
-async def job_view(grid: Grid, jid: str) -> dict | None:
-    found = await grid.locate(jid)
-    if found is None:
-        return None
+def _not_known_yet(request: web.Request, jid: str) -> web.Response:
+    return error(request, 503, f"cannot tell yet whether job {jid} exists: a node that might hold it did not "
+                 "answer (a failover is under way); retry", **{"Retry-After": "1"})
+
+
+def job_view(found: Result | JobRecord) -> dict:
+    """A job's status: its queue record, or its result without the value."""
     if isinstance(found, JobRecord):
         return msgspec.to_builtins(_status(found, found.state))
     d = msgspec.to_builtins(found)
     d.pop("value", None)
-    d["id"] = jid
+    d["id"] = found.job_id
     return d
 
 
@@ -395,10 +410,12 @@ def node_state(grid: Grid, extra: dict[str, Any]) -> dict:
     return {
         "id": grid.id, "epoch": grid.mem.ring.epoch, "member": grid.mem.is_member,
         "quorum": grid.mem.has_quorum(time.monotonic()),
+        "serving": (reason := grid.not_serving_reason()) is None, "reason": reason or "",
         "counts": grid.counts(), "promotions": list(grid.promotions),
         "duplicates_dropped": grid.duplicates_dropped,
         "runners": runner.snapshot() if runner else [],
         "started_jobs": runner.started_jobs if runner else 0,
+        "returned_unstarted": runner.returned_unstarted if runner else 0,
         "events": list(grid.events)[-50:],
         "ring": msgspec.to_builtins(grid.mem.ring),
     }

@@ -43,10 +43,13 @@ class JobFlow:
         if self.counts()["active"] + len(specs) > self.s.max_queued:
             raise Unavailable(f"queue full ({self.s.max_queued} jobs); retry later", 503, retry_after=2.0)
         existing: list[str] = []
-        if retry:
-            found = await self.lookup_everywhere([s.id for s in specs])
-            existing = [s.id for s in specs if s.id in found]
-            specs = [s for s in specs if s.id not in found]
+        if retry:  # a resubmission: jobs of an earlier attempt may exist anywhere; never make a second one
+            v = await self.find([s.id for s in specs])
+            if v.undetermined:
+                raise Unavailable(f"cannot tell yet whether {len(v.undetermined)} of these jobs exist (some nodes "
+                                  "that might hold them did not answer); retry", 503, retry_after=0.5)
+            existing = [s.id for s in specs if s.id in v.found]
+            specs = [s for s in specs if s.id not in v.found]
             if not specs:
                 return [], existing
         acc, ex = await self.submits.submit(specs)
@@ -282,39 +285,41 @@ class JobFlow:
                     if not w:
                         self.waiters.pop(i, None)
 
-    async def wait_results(self, ids: list[str], timeout: float) -> tuple[list[Result], list[str]]:
-        """Results for `ids` as soon as at least one is known (or the timeout passes)."""
+    async def wait_results(self, ids: list[str], timeout: float) -> tuple[list[Result], list[str], list[str]]:
+        """(results, unknown, undetermined) for `ids`, as soon as one result is known or an id is known not
+        to exist, else at the timeout. A job this node holds any copy of is pending; one it does not hold
+        is looked up on the ring: *unknown* only when the grid is settled and no member holds it, else
+        *undetermined* ("don't know yet": some node that might hold it did not answer), which is waited
+        out here and reported only when the timeout comes."""
         end = time.monotonic() + timeout
-        remote_checked = False
+        looked_at = float("-inf")
+        undetermined: list[str] = []
         while True:
             have = self.settled_results(ids)
             if have:
-                return list(have.values()), []
-            local = self.store.known_ids(ids)
-            missing = [i for i in ids if i not in local]
-            if missing and not remote_checked and self.mem.peers():
-                remote_checked = True
-                try:
-                    found = await self.lookup_everywhere(missing)
-                except GridUnavailable:
-                    found = {}
-                rs = [v for v in found.values() if isinstance(v, Result)]
-                if rs:
-                    return rs, []
-                unknown = [i for i in missing if i not in found]
-                if len(unknown) == len(ids):
-                    return [], unknown
+                return list(have.values()), [], []
+            here = self.store.known_ids(ids) | set(self.store.get_results(ids))
+            missing = [i for i in ids if i not in here]
+            now = time.monotonic()
+            if missing and now - looked_at >= 0.5:
+                looked_at = now
+                v = await self.find(missing, {})
+                rs = [r for r in v.found.values() if isinstance(r, Result)]
+                if rs or v.absent:
+                    return rs, list(v.absent), []
+                undetermined = list(v.undetermined)
+            elif not missing:
+                undetermined = []
             left = end - time.monotonic()
             if left <= 0:
-                return [], []
+                return [], [], undetermined
             with self._waiting(ids) as ev:
-                try:
-                    await asyncio.wait_for(ev.wait(), timeout=min(left, 1.0 if missing else left))
+                try:  # ids held elsewhere are asked about again (their results are not copied here)
+                    await asyncio.wait_for(ev.wait(), timeout=min(left, 0.5 if missing else left))
                     if len(ids) > 1:  # let results of a batch gather: one reply (and one query) for many
                         await asyncio.sleep(0.005 if len(ids) <= 64 else 0.02)
                 except TimeoutError:
-                    if missing:
-                        remote_checked = False
+                    pass
 
     # ---- cancellation --------------------------------------------------------------------------------------
     async def cancel(self, ids: list[str], forward: bool = True) -> list[str]:

@@ -29,7 +29,8 @@ class PeerError(GridUnavailable):
 
 class Peers:
     def __init__(self, *, token: str | None, scheme: str = "http", ssl_context: ssl.SSLContext | None = None,
-                 timeout: float = 5.0, local_host: str | None = None, stream: bool = True) -> None:
+                 timeout: float = 5.0, local_host: str | None = None, stream: bool = True,
+                 dial: dict[tuple[str, int], tuple[str, int]] | None = None) -> None:
         self.token = token
         self.scheme = scheme
         self.ssl = ssl_context
@@ -41,6 +42,7 @@ class Peers:
         self.stream = stream
         self._links: dict[str, Link] = {}
         self._closed = False
+        self.dial = dict(dial or {})  # a peer's advertised address -> the address to dial (--dial)
         self.identity: Callable[[], str] | None = None  # this node's id, named in every call
 
     def _node_header(self) -> dict[str, str]:
@@ -59,6 +61,7 @@ class Peers:
         return s
 
     def base(self, host: str, port: int) -> str:
+        host, port = self.dial.get((host, port), (host, port))
         h = f"[{host}]" if ":" in host else host
         return f"{self.scheme}://{h}:{port}"
 

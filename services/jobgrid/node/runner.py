@@ -34,6 +34,10 @@ class Runner:
         self.started_jobs = 0
         self.waiting: dict[str, None] = {}  # leased, waiting for a worker (ordered)
         self.avg_run = 0.1  # moving average of job run time (s): short jobs get a deeper prefetch
+        # one job per worker goes on to the pool; prefetched ones wait here, where a node that lost quorum
+        # (paused, cut off) can still give them back unstarted instead of starting them behind the fence
+        self._gate = asyncio.Semaphore(size)
+        self.returned_unstarted = 0
         grid.local_runner = self  # new jobs come straight here when we want them (Grid._flush_submits)
 
     @property
@@ -129,9 +133,13 @@ class Runner:
             self.started_jobs += 1
             if len(self.waiting) > self.size:  # deep prefetch: give it back if this job turns out long
                 asyncio.get_running_loop().call_later(0.02, self._check_long, rec.spec.id)
-        log.debug("job_started", job_id=rec.spec.id, node=g.id, owner=owner)
         try:
-            result = await self.pool.run(rec, timeout=timeout, on_start=started)
+            async with self._gate:
+                if not g.can_serve():  # fenced: the grid may already be running it elsewhere
+                    self._return_unstarted(rec.spec.id, owner)
+                    return
+                log.debug("job_started", job_id=rec.spec.id, node=g.id, owner=owner)
+                result = await self.pool.run(rec, timeout=timeout, on_start=started)
         except asyncio.CancelledError:
             self.waiting.pop(rec.spec.id, None)
             self.running.pop(rec.spec.id, None)
@@ -155,6 +163,19 @@ class Runner:
         self.outbox[owner].append(result)
         self.outbox_event.set()
         g.wake_runner.set()
+
+    def _return_unstarted(self, jid: str, owner: str) -> None:
+        """A leased job that never started goes back: our own at once (queued again, attempt undone); a
+        stolen one when its owner's lease lapses (we cannot reach a majority, maybe not the owner either)."""
+        g = self.grid
+        self.waiting.pop(jid, None)
+        self.running.pop(jid, None)
+        g.metrics.busy.set(len(self.running))
+        self.returned_unstarted += 1
+        if owner == g.id:
+            g.store.release(g.id, g.id, [jid])
+            g._counts_at = 0.0
+        log.info("prefetch_returned_unstarted", job_id=jid, node=g.id, owner=owner, reason="no quorum")
 
     def _check_long(self, jid: str) -> None:
         if jid in self.running and jid not in self.waiting and len(self.waiting) > self.size:
@@ -228,6 +249,7 @@ class Runner:
             return left
         local = g.store.get_jobs([r.job_id for r in left])
         again: dict[str, list[Result]] = defaultdict(list)
+        keep: list[Result] = []
         for r in left:
             where = found.get(r.job_id)
             if isinstance(where, Result):
@@ -237,12 +259,14 @@ class Runner:
                 again[g.id].append(r)
             elif where is not None and hasattr(where, "owner") and where.owner != owner:
                 again[where.owner].append(r)
+            elif where is not None:
+                keep.append(r)  # its ownership is moving (promotion, handoff): ask again, never drop it
             # nobody holds it: cancelled or expired; drop the result
         for o, rs in again.items():
             self.outbox[o].extend(rs)
         if again:
             self.outbox_event.set()
-        return []
+        return keep
 
     async def renew_loop(self) -> None:
         g = self.grid

@@ -155,10 +155,13 @@ class Link:
     """The calling side of one peer's stream; (re)connects on demand."""
 
     def __init__(self, session: aiohttp.ClientSession, url: str = STREAM_PATH,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, *, heartbeat: float | None = None) -> None:
+        """`heartbeat`: ping an idle stream this often and close it when no pong comes within half of it
+        (a frozen peer then fails its calls at once instead of at their timeouts)."""
         self._session = session
         self._url = url
         self.headers = dict(headers or {})  # sent with the upgrade (a peer names its node here)
+        self._heartbeat = heartbeat
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -172,7 +175,7 @@ class Link:
             if c is not None and not c.ws.closed:
                 return c
             ws = await self._session.ws_connect(self._url, compress=0, max_msg_size=0, autoping=True,
-                                                headers=self.headers or None)
+                                                headers=self.headers or None, heartbeat=self._heartbeat)
             c = _Conn(ws)
             c.reader = asyncio.ensure_future(self._read(c))
             self._conn = c

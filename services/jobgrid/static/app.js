@@ -115,6 +115,9 @@ async function refresh() {
     const servers = mergeServers(list);
     drawRing(servers, list.me);
     drawServers(servers, list.me);
+    const notice = document.getElementById("notice");
+    notice.hidden = state.serving !== false;
+    notice.textContent = state.serving === false ? "Not serving: " + state.reason : "";
     drawRunners(state);
     drawJobs(results);
     drawStats(stats);
