@@ -290,3 +290,17 @@ def test_the_node_settings_carry_the_membership_mode_and_refuse_an_unknown_one()
     assert NodeSettings(port=9000).membership == "auto" and NodeSettings(port=9000).swim == SwimConfig()
     with pytest.raises(ConfigError, match="membership must be one of all-to-all, swim, auto"):
         NodeSettings(port=9000, membership="gossip")
+
+
+def test_votes_are_handed_out_to_persist_and_a_restarted_voter_keeps_its_promise():
+    c = node(C)
+    s = c.receive(Prepare(**hdr(A), slot=6, round=4), 0.1)
+    assert s.votes == (6, (4, "a"), (0, ""), None)
+    assert c.receive(Ping(**hdr(A), seq=1, target="c"), 0.2).votes is None  # nothing voted: nothing to persist
+    again = node(C)  # the same node after a restart, with what it persisted
+    again.restore_votes(s.votes)
+    s = again.receive(Prepare(**hdr(B), slot=6, round=3), 0.3)
+    assert not s.send[0].msg.ok and s.send[0].msg.promised_round == 4
+    stale = node(C)
+    stale.restore_votes((3, (9, "a"), (0, ""), None))  # votes for an older slot: dropped
+    assert stale.acceptor.slot == 6 and stale.acceptor.promised == (0, "")

@@ -50,6 +50,7 @@ class Step:
     adopted: list[tuple[RingState, RingChange]] = field(default_factory=list)  # in order; persist each
     events: list[tuple[str, str]] = field(default_factory=list)  # (kind, subject) for the logs
     removed: bool = False  # a ring without this node was adopted: rejoin as a new incarnation
+    votes: tuple | None = None  # this node's votes changed: persist them (restore_votes) before sending
 
 
 class SwimMembership(Membership):
@@ -171,6 +172,13 @@ class SwimMembership(Membership):
             return False
         return self.adopt(new, now) is not None
 
+    def restore_votes(self, votes: tuple) -> None:
+        """After a restart: the votes last persisted (`Step.votes`), if they are for the slot after our ring."""
+        slot, promised, accepted_ballot, accepted = votes
+        if slot == self.ring.epoch + 1:
+            self.acceptor = Acceptor(slot=slot, promised=tuple(promised), accepted_ballot=tuple(accepted_ballot),
+                                     accepted=accepted)
+
     def found(self, now: float, location: int = 0, epoch: int = 1) -> Step:
         """Start a new grid: a ring of this node alone."""
         self.adopt(RingState(epoch=epoch, members=[Member(id=self.me, location=location, ip=self.address[0],
@@ -232,6 +240,8 @@ class SwimMembership(Membership):
             if m.id != self.me and self.det.state(m.id) != DEAD:
                 self._send(m.id, Prepare(**self._hdr(), slot=rnd.slot, round=self.round_no, catchup=self._last_delta))
         ok = self.acceptor.prepare(rnd.slot, rnd.ballot)
+        if ok:
+            self._step.votes = self.acceptor.state()
         value = rnd.on_promise(self.me, ok, self.acceptor.accepted_ballot, self.acceptor.accepted,
                                self.acceptor.promised)
         if value is not None:
@@ -255,6 +265,8 @@ class SwimMembership(Membership):
                 self._send(m.id, Accept(**self._hdr(), slot=rnd.slot, round=rnd.ballot[0], value=rnd.value,
                                         catchup=self._last_delta))
         ok = self.acceptor.accept(rnd.slot, rnd.ballot, rnd.value)
+        if ok:
+            self._step.votes = self.acceptor.state()
         if rnd.on_accepted(self.me, ok, self.acceptor.promised):
             self._commit(rnd, now)
 
@@ -338,6 +350,8 @@ class SwimMembership(Membership):
         self.round_no = max(self.round_no, msg.round)
         a = self.acceptor
         ok = msg.ring_key() == self.ring.key() and self.is_member and a.prepare(msg.slot, (msg.round, msg.sender))
+        if ok:
+            self._step.votes = a.state()
         self._send(msg.sender, Promise(**self._hdr(), slot=msg.slot, round=msg.round, leader=msg.sender, ok=ok,
                                        promised_round=a.promised[0], promised_leader=a.promised[1],
                                        accepted_round=a.accepted_ballot[0], accepted_leader=a.accepted_ballot[1],
@@ -357,6 +371,8 @@ class SwimMembership(Membership):
     def _on_accept(self, msg: Accept, now: float) -> None:
         ok = (msg.ring_key() == self.ring.key() and self.is_member
               and self.acceptor.accept(msg.slot, (msg.round, msg.sender), msg.value))
+        if ok:
+            self._step.votes = self.acceptor.state()
         self._send(msg.sender, Accepted(**self._hdr(), slot=msg.slot, round=msg.round, leader=msg.sender, ok=ok))
 
     def _on_accepted(self, msg: Accepted, now: float) -> None:

@@ -15,8 +15,9 @@ no majority of the current ring commits nothing, so it never removes a member an
 Every committed ring is built on the committed ring before it, so the rings form one chain.
 
 An acceptor votes only for the slot right after its own committed ring and only on that ring as base
-(a node behind or ahead refuses, saying where it is). The shell must persist `Acceptor.state()` before
-the answer leaves (a restarted acceptor that forgot a promise could break the argument above).
+(a node behind or ahead refuses, saying where it is). The shell must persist the votes (`Step.votes`)
+before the answer leaves and restore them on restart: an acceptor that forgot a promise could break the
+argument above (and the leader's own votes are kept the same way).
 """
 
 from __future__ import annotations
