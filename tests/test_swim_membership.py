@@ -304,3 +304,11 @@ def test_votes_are_handed_out_to_persist_and_a_restarted_voter_keeps_its_promise
     stale = node(C)
     stale.restore_votes((3, (9, "a"), (0, ""), None))  # votes for an older slot: dropped
     assert stale.acceptor.slot == 6 and stale.acceptor.promised == (0, "")
+
+
+def test_a_ring_pushed_by_a_stranger_who_was_not_asked_is_refused():
+    c = node(C)
+    x = Member(id="x", location=5, ip="127.0.0.1", port=9999)
+    forged = RingState(epoch=9, members=[x, C], proposer="x")
+    s = c.receive(RingPush(**hdr(x, forged), ring=forged), 1.0)
+    assert s.adopted == [] and s.events == [("ring_refused", "pushed by x, neither a member nor asked")]

@@ -78,6 +78,7 @@ class SwimMembership(Membership):
         self._retry_pending = False  # a round is to be tried again at _retry_at
         self._last_delta: RingDelta | None = None  # the change that made our ring, if we learnt it as one
         self._pulled_at = float("-inf")
+        self._pulled_from = ""
         self._step = Step()
         if ring is not None:  # the ring a node resumes with: adopted, not reported as a change
             self.adopt(ring, now)
@@ -324,7 +325,7 @@ class SwimMembership(Membership):
         since, who = self._behind
         wait = self.cfg.pull_periods * self.cfg.period
         if now - since >= wait and now - self._pulled_at >= wait:
-            self._pulled_at = now
+            self._pulled_at, self._pulled_from = now, who
             self._send(who, RingPull(**self._hdr()))
 
     def _on_ping(self, msg: Ping, now: float) -> None:
@@ -388,8 +389,12 @@ class SwimMembership(Membership):
             self._send(msg.sender, RingPush(**self._hdr(), ring=self.ring))
 
     def _on_ringpush(self, msg: RingPush, now: float) -> None:
-        if self.is_member or self.joiner is None or any(m.id == self.me for m in msg.ring.members):
+        """A ring from a member of ours, from the node we pulled from, or (joining) one that lists us."""
+        if (self.member(msg.sender) is not None or msg.sender == self._pulled_from
+                or (self.joiner is not None and any(m.id == self.me for m in msg.ring.members))):
             self._take(msg.ring, now)
+        else:
+            self._step.events.append(("ring_refused", f"pushed by {msg.sender}, neither a member nor asked"))
 
     def _on_joinrequest(self, msg: JoinRequest, now: float) -> None:
         if not self.is_member:
