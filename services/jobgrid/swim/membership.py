@@ -289,27 +289,18 @@ class SwimMembership(Membership):
         if msg.sender == self.me:
             return self._done()
         self.addresses[msg.sender] = (msg.ip, msg.port)
-        if isinstance(msg, (Ping, Ack, PingReq)):
-            for u in msg.updates:
-                if isinstance(u, NodeUpdate):
-                    if self.is_member:
-                        self.det.apply(u, now)
-                elif self.is_member:
-                    self._on_delta(u, msg.sender, now)
-        elif isinstance(msg, (Prepare, Accept)) and msg.catchup is not None and self.is_member:
-            self._on_delta(msg.catchup, msg.sender, now)
-        handler = getattr(self, "_on_" + type(msg).__name__.lower())
-        handler(msg, now)
+        voting = isinstance(msg, (Prepare, Accept))
+        news = msg.updates if isinstance(msg, (Ping, Ack, PingReq)) else [msg.catchup] if voting else []
+        for u in news if self.is_member else ():
+            if isinstance(u, NodeUpdate):
+                self.det.apply(u, now)
+            elif u is not None:
+                self._on_delta(u, msg.sender, now)
+        getattr(self, "_on_" + type(msg).__name__.lower())(msg, now)
         if msg.ring_key() > self.ring.key() and self.is_member:
-            if isinstance(msg, (Prepare, Accept)):  # a vote is waiting on us: no time for gossip
-                self._behind = (float("-inf"), msg.sender)
-                self._behind_epoch = max(self._behind_epoch, msg.epoch)
-            elif self._behind is None:
-                self._behind = (now, msg.sender)
-                self._behind_epoch = msg.epoch
-            else:
-                self._behind = (self._behind[0], msg.sender)
-                self._behind_epoch = max(self._behind_epoch, msg.epoch)
+            # behind since when (a vote waiting on us: at once, no time for gossip), and who is ahead
+            since = float("-inf") if voting else now if self._behind is None else self._behind[0]
+            self._behind, self._behind_epoch = (since, msg.sender), max(self._behind_epoch, msg.epoch)
             self._maybe_pull(now)
         return self._done()
 
