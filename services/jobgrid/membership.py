@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import ipaddress
 import re
@@ -28,6 +29,7 @@ MAX_EPOCH_STEP = 1 << 20  # ring changes a node may have missed while away; more
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*$")
 
 
+@lru_cache(maxsize=8192)  # a ring of thousands is checked on every change: each address once
 def valid_host(host: str) -> bool:
     """An IP address or a DNS name: something a node can be dialled at."""
     try:

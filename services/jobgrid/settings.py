@@ -13,6 +13,7 @@ from pathlib import Path
 import platformdirs
 
 from .errors import ConfigError
+from .swim.config import SwimConfig, membership_mode
 
 
 JOB_KINDS: frozenset[str] = frozenset({"pickle", "script", "call"})
@@ -116,6 +117,8 @@ class NodeSettings:
     max_crashes: int = 3
     body_timeout: float = 30.0  # seconds a client has to send a request's body; then 408
     peer_transport: str = "stream"  # "stream": peer messages over one WebSocket per peer; "http": a request each
+    membership: str = "auto"  # "all-to-all" | "swim" | "auto" (SWIM above 32 members): jobgrid/swim/config.py
+    swim: SwimConfig = field(default_factory=SwimConfig)
     # a peer's advertised (host, port) -> the (host, port) to dial instead (NAT, sidecars, the harness's proxies)
     dial: tuple[tuple[tuple[str, int], tuple[str, int]], ...] = ()
     # restarting after an outage, bring the grid up from the members that are back even without a majority of
@@ -132,6 +135,7 @@ class NodeSettings:
             raise ConfigError(f"--replicas must be 1-16, got {self.replicas}")
         if self.join is not None and not (0 < self.join[1] < 65536):
             raise ConfigError(f"join port must be 1-65535, got {self.join[1]}")
+        membership_mode(self.membership, 1)  # refuses an unknown mode with the list of modes
         if self.peer_transport not in ("stream", "http"):
             raise ConfigError(f"peer transport must be stream or http, got {self.peer_transport!r}")
         if not self.body_timeout > 0:
