@@ -49,7 +49,7 @@ def _epoch(cluster: Any) -> int:
 
 def with_fault(cluster: Any, fault: Fault, *, jobs: int = 150, kind: str = "sleep", rate: float | None = None,
                fault_at: int = 100, promoted: bool = True, hold: float = 0.0,
-               before: Callable[[], None] | None = None, drain: float = 60.0) -> Outcome:
+               before: Callable[[], None] | None = None, drain: float = 60.0, client_timeout: float = 30.0) -> Outcome:
     """Run the workload; at `fault_at` acknowledgements (before the first submission if 0) apply `fault`; wait for the promotion of each node
     it took away (`promoted`) and `hold` seconds; heal; drain; judge."""
     rec = HistoryRecorder()
@@ -63,7 +63,8 @@ def with_fault(cluster: Any, fault: Fault, *, jobs: int = 150, kind: str = "slee
     def work() -> None:
         try:
             result["timing"] = run_workload(cluster.client_urls(), cluster.token, rec, jobs=jobs, kind=kind,
-                                            rate=rate, drain_timeout=drain, on_progress=progress)
+                                            rate=rate, drain_timeout=drain, on_progress=progress,
+                                            timeout=client_timeout)
         except BaseException as e:  # noqa: BLE001
             result["error"] = e
 
@@ -173,9 +174,15 @@ def flapping_link(cluster: Any, seconds: float = 30.0, period: float = 2.0) -> O
 
 
 def slow_owner_big_jobs(cluster: Any, rate_kb: int = 50, jobs: int = 12) -> Outcome:
-    """`rate_kb` KB/s on the owner's links (n1's, its client's included) while jobs carry 256 KB arguments."""
+    """`rate_kb` KB/s on the owner's links (n1's, its client's included) while jobs carry 256 KB arguments.
+
+    The clients' timeout covers every job's bytes through the slow link (its argument in, two copies out):
+    a user who sends megabytes over a 50 KB/s link sets a timeout to match, and the scenario asserts
+    every submission is acknowledged, not that a 30 s default outlasts the link."""
     fault = make("bandwidth", cluster, nodes=[cluster.nodes[0].name], rate_kb=rate_kb)
-    return with_fault(cluster, fault, jobs=jobs, kind="big", fault_at=0, promoted=False, hold=10.0, drain=240.0)
+    covering = 30.0 + jobs * 256 * 3 / rate_kb
+    return with_fault(cluster, fault, jobs=jobs, kind="big", fault_at=0, promoted=False, hold=10.0, drain=240.0,
+                      client_timeout=covering)
 
 
 def client_link_reset(cluster: Any, seconds: float = 2.0) -> Outcome:

@@ -65,12 +65,14 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
                    kind: str = "noop", rate: float | None = None, drain_timeout: float = 120.0,
                    on_progress: Callable[[int, int], None] | None = None, seed: int = 1,
                    stop_submitting: threading.Event | None = None,
-                   spec_for: Callable[[int], tuple[Any, Any]] | None = None, clients: int | None = None) -> dict:
+                   spec_for: Callable[[int], tuple[Any, Any]] | None = None, clients: int | None = None,
+                   timeout: float = 30.0) -> dict:
     """Submit `jobs` jobs (at `rate` per second when given), then wait for results up to drain_timeout.
 
     `spec_for(i)` makes job i (spec, expected value) instead of `kind`; `clients` is how many clients
     submit in turn (default one per address, each trying its own address first); `stop_submitting` ends
-    the submissions early (a run of a fixed duration).
+    the submissions early (a run of a fixed duration); `timeout` is each client call's own timeout
+    (a submission that takes longer is recorded as of unknown outcome).
 
     Records invoke/ok/info for each submit and a read (delivery) for each result that arrives.
     Returns timing data: submit latencies and completion times (monotonic).
@@ -96,7 +98,7 @@ async def workload(addresses: Sequence[str], token: str | None, recorder: Histor
     # one client per node, each trying its own node first: jobs are owned by the node that takes them,
     # so this spreads the queues over the whole grid (every client fails over to the others)
     n_clients = clients or len(addrs)
-    clients_ = [AsyncClient(addrs[k % len(addrs):] + addrs[:k % len(addrs)], token=token, timeout=30.0,
+    clients_ = [AsyncClient(addrs[k % len(addrs):] + addrs[:k % len(addrs)], token=token, timeout=timeout,
                             on_result=seen) for k in range(n_clients)]
     client = clients_[0]
     try:
