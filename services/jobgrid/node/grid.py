@@ -58,6 +58,8 @@ class Grid:
         self.jobs.report_to = self.owners.report
         self.orphans = Orphans(ctx, self.replication, self.jobs)
         self.replication.reconcile = self.orphans.reconcile
+        for _typ, part, method in PEER_MESSAGES.values():
+            self.handler(part, method)  # a table entry no part answers fails at start, not on first use
 
     # the few views the HTTP shell and the dashboard read
     @property
