@@ -76,7 +76,7 @@ class JobService:
 
     # ---- submitted ----------------------------------------------------------------------------------
     async def submit(self, specs: list[JobSpec], retry: bool = False) -> tuple[list[str], list[str]]:
-        self.keeper.require_serving()
+        self.keeper.require_accepting()
         if len({s.id for s in specs}) != len(specs):
             raise ProtocolError("duplicate job ids in one submission", 422)
         if self.counts.get().active + len(specs) > self.ctx.s.max_queued:
@@ -96,7 +96,7 @@ class JobService:
         return acc, ex + existing
 
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[tuple[list[str], list[str]]]:
-        self.keeper.require_serving()
+        self.keeper.require_accepting()
         ctx = self.ctx
         try:
             [store] = self._event(lc.Submitted, owner=ctx.id, specs=[s for g in groups for s in g])
@@ -130,7 +130,7 @@ class JobService:
     def _lease(self, holder: str, count: int) -> list[Lease]:
         out: list[Lease] = []
         for i in self._event(lc.LeaseAsked, owner=self.ctx.id, holder=holder, count=count,
-                             serving=self.keeper.can_serve(), holder_known=self.ctx.mem.member(holder) is not None):
+                             serving=self.keeper.takes_work(), holder_known=self.ctx.mem.member(holder) is not None):
             assert isinstance(i, lc.Lease)
             recs = self.store.lease(self.ctx.id, i.holder, i.count, i.until, time.time())
             out = [Lease(record=r, lease_until=i.until) for r in recs]
