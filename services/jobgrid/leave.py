@@ -9,8 +9,10 @@ No IO and no clock: callers pass `now` (monotonic seconds) and what they see; th
 3. past the grace period, hand the leases of the jobs still running back (they run again elsewhere);
 4. hand over: every successor holds every job and result of ours, leases included (the copies the
    successor promotes must say who runs what, or a job stolen from us would run twice);
-5. announce: ask a member (our successor first: it holds our copies and will own our jobs) to propose
-   the ring without us; it adopts it at once and tells everyone, so no failure timeout passes;
+5. announce: take every member's add_lock (ring changes one at a time, as joins: two departures at once
+   would propose two rings of the same epoch, and the one that wins would still list the other leaver),
+   then ask a member (our successor first: it holds our copies and will own our jobs) to propose the
+   ring without us; it adopts it at once and tells everyone, so no failure timeout passes;
 6. with R = 1 nobody holds copies of ours: hand our rows to the new owner through the handoff path;
 7. exit 0. Past the leave timeout, whatever the step, exit with `EXIT_TIMED_OUT`: the grid then treats
    the node as failed, as after a crash. The last member of a grid has nobody to leave to: it stops
@@ -129,8 +131,9 @@ def departure_ring(mem: Membership, leaver: str, now: float, lock_holder: str | 
         return None
     if not mem.has_quorum(now):
         return "this node cannot reach a majority of the ring; ask another member"
-    if lock_holder is not None and lock_holder != leaver:
-        return f"a join is in progress (add_lock held by {lock_holder}); ask again"
+    if lock_holder != leaver:  # departures, like joins, one at a time: the leaver holds every member's add_lock
+        return (f"the add_lock is held by {lock_holder}, another ring change in progress; ask again" if lock_holder
+                else f"{leaver} does not hold this node's add_lock; take every member's first")
     keep = [m for m in mem.ring.members if m.id != leaver]
     return RingState(epoch=mem.ring.epoch + 1, members=keep, proposer=mem.me, replicas=mem.ring.replicas)
 

@@ -60,7 +60,7 @@ class Grid:
         self.jobs.report_to = self.owners.report
         self.orphans = Orphans(ctx, self.replication, self.jobs)
         self.replication.reconcile = self.orphans.reconcile
-        self.leaving = Leaving(ctx, self.keeper, self.replication)
+        self.leaving = Leaving(ctx, self.keeper, self.replication, self.startup)
 
     # the few views the HTTP shell and the dashboard read
     @property

@@ -6,11 +6,14 @@ rows off when nobody holds copies) and answers the other side, a member asked to
 from __future__ import annotations
 
 import asyncio
+import random
 import time
+from collections.abc import Sequence
 from typing import Protocol
 
 from .. import leave as lv
 from ..errors import ProtocolError, Unavailable
+from ..membership import join_backoff
 from ..protocol import LeaveRequest, Member, RingState
 from .context import NodeContext
 from .peers import PeerError
@@ -26,11 +29,20 @@ class Draining(Protocol):
     def hand_back(self) -> int: ...
 
 
+class Locking(Protocol):
+    """Every member's add_lock, as a join takes them (node/startup.py)."""
+
+    async def lock_all(self, ring: RingState) -> tuple[bool, list[Member], RingState | None]: ...
+    async def unlock(self, members: Sequence[Member]) -> None: ...
+
+
 class Leaving:
-    def __init__(self, ctx: NodeContext, keeper: RingKeeper, replication: Replication) -> None:
+    def __init__(self, ctx: NodeContext, keeper: RingKeeper, replication: Replication, locks: Locking) -> None:
         self.ctx = ctx
         self.keeper = keeper
         self.replication = replication
+        self.locks = locks
+        self.attempts = 0
         self.runner: Draining | None = None  # set by the node when it runs jobs
         self.task: asyncio.Task | None = None
         self.handed_over = False
@@ -95,21 +107,30 @@ class Leaving:
             await self._hand_off()
 
     async def _announce(self) -> None:
-        """Ask the members, our successor first, to propose the ring without us; adopt the answer."""
+        """With every member's add_lock, ask the members, our successor first, to propose the ring without us;
+        adopt the answer. Refused locks (a join, another departure): release, back off, and come again."""
         ctx = self.ctx
         ring = ctx.mem.ring
-        for m in lv.ask_order(ring, ctx.id):
-            try:
-                new = await ctx.peers.call(m.ip, m.port, "/peer/leave", LeaveRequest(sender=ctx.id, epoch=ring.epoch),
-                                           RingState)
-            except (PeerError, ProtocolError) as e:
-                ctx.log.info("leave_not_taken", by=m.id, error=str(e)[:200])
-                continue
-            self.keeper.apply_ring(new)  # type: ignore[arg-type]
-            if not ctx.mem.is_member:
-                ctx.event("left_ring", epoch=ctx.mem.ring.epoch, by=m.id)
+        ok, locked, best = await self.locks.lock_all(ring)
+        try:
+            if best is not None and best.key() > ring.key():
+                self.keeper.apply_ring(best)  # a ring change went through meanwhile: lock its members next time
                 return
-        await asyncio.sleep(0.2)  # nobody took it (a join in progress, a newer ring on its way): ask again
+            for m in lv.ask_order(ring, ctx.id) if ok else ():
+                try:
+                    new = await ctx.peers.call(m.ip, m.port, "/peer/leave",
+                                               LeaveRequest(sender=ctx.id, epoch=ring.epoch), RingState)
+                except (PeerError, ProtocolError) as e:
+                    ctx.log.info("leave_not_taken", by=m.id, error=str(e)[:200])
+                    continue
+                self.keeper.apply_ring(new)  # type: ignore[arg-type]
+                if not ctx.mem.is_member:
+                    ctx.event("left_ring", epoch=ctx.mem.ring.epoch, by=m.id)
+                    return
+        finally:
+            await self.locks.unlock(locked)
+        self.attempts += 1
+        await asyncio.sleep(join_backoff(self.attempts, random.random()))
 
     async def _hand_off(self) -> None:
         """R = 1: nobody holds copies of ours; send our rows to the member now covering our position."""
