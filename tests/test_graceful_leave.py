@@ -48,7 +48,8 @@ def _exit_code(node, timeout: float) -> int:
 
 
 def test_sigterm_drops_an_idle_node_from_every_server_list_at_once_and_exits_0(cluster_factory):
-    c = cluster_factory(runners=1)
+    # a failure timeout of 5 s: a node stopped like a crash could not leave the server lists within 3 s
+    c = cluster_factory(runners=1, failure_timeout=5.0)
     nodes = c.up(4)
     leaver, others = nodes[1], [n for n in nodes if n is not nodes[1]]
     assert _listed_by(c, leaver, others) == {o.name for o in others}
@@ -56,7 +57,7 @@ def test_sigterm_drops_an_idle_node_from_every_server_list_at_once_and_exits_0(c
     wait_for(lambda: not _listed_by(c, leaver, others), 10, "every other server list to drop the leaver", step=0.02)
     took = time.monotonic() - t0
     # the issue asks for "within a second"; measured here at ~0.05 s. The bound is 3 s to leave room for a loaded
-    # 2-core machine: a departure that waited for the failure timeout (2 s) plus a removal round would take longer
+    # 2-core machine: a departure that waited for the failure timeout (5 s here) would take longer
     assert took < 3.0, f"server lists dropped the leaver after {took:.2f} s"
     assert _exit_code(leaver, 30) == 0
     assert c.converged(others)  # one ring, the same everywhere, without the leaver
@@ -189,4 +190,6 @@ def test_a_rolling_restart_of_every_node_under_load_loses_and_reruns_nothing(clu
     runs = sidefx.runs(db, acked)
     assert set(runs) == set(acked)  # every acknowledged job ran
     reruns = {j: len(s) - 1 for j, s in runs.items() if len(s) > 1}
+    print(f"rolling restart of 5 nodes: {len(acked)} acknowledged, {verdict.lost_count} lost, "
+          f"{verdict.duplicated_count} duplicated, {sum(reruns.values())} re-runs")
     assert not reruns, f"{len(reruns)} jobs ran more than once: {sorted(reruns)[:10]}"
