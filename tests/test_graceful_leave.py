@@ -193,3 +193,20 @@ def test_a_rolling_restart_of_every_node_under_load_loses_and_reruns_nothing(clu
     print(f"rolling restart of 5 nodes: {len(acked)} acknowledged, {verdict.lost_count} lost, "
           f"{verdict.duplicated_count} duplicated, {sum(reruns.values())} re-runs")
     assert not reruns, f"{len(reruns)} jobs ran more than once: {sorted(reruns)[:10]}"
+
+
+def test_after_a_leave_the_promoted_jobs_are_back_to_r_copies(cluster_factory):
+    """The successor promotes the leaver's copies; the other copies of those jobs (the second successor's,
+    handed off to the promoter) must be made again on the promoter's successors, or the next failure or
+    leave (a rolling restart) would take the only copy."""
+    c = cluster_factory(runners=0, replicas=3)
+    nodes = c.up(4)
+    with Client(nodes[1].url, timeout=30) as client:
+        client.submit_many([build_spec("call", target="jobgrid.examples:add", args=[i, 1]) for i in range(20)])
+
+    def copies() -> int:
+        return sum(st["counts"]["active"] + st["counts"]["backup"] for st in c.states().values())
+    wait_for(lambda: copies() == 60, 10, "20 jobs in 3 copies")
+    _sigterm(nodes[1])
+    assert _exit_code(nodes[1], 30) == 0
+    wait_for(lambda: copies() == 60, 15, "the 20 promoted jobs back to 3 copies on the 3 nodes left")

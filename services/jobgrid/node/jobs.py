@@ -379,6 +379,10 @@ class JobService:
             assert isinstance(i, lc.Adopt)
             n = self.store.adopt(i.old, i.new, i.ids, lease_grace=time.time() + ctx.t.lease_ttl)
         self._expire_strangers()
+        # the adopted rows are ours now: no successor is known to hold them (the other copies were under the
+        # old owner, and are handed here and dropped there), so the resync copies everything of ours again
+        if ids is None or ids:
+            self.replication.synced.clear()
         if n:
             ctx.metrics.promoted.inc(n)
             ctx.promoted(old, n, epoch=ctx.mem.ring.epoch, **({"via": via} if via else {}))
