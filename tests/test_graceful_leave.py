@@ -210,3 +210,28 @@ def test_after_a_leave_the_promoted_jobs_are_back_to_r_copies(cluster_factory):
     _sigterm(nodes[1])
     assert _exit_code(nodes[1], 30) == 0
     wait_for(lambda: copies() == 60, 15, "the 20 promoted jobs back to 3 copies on the 3 nodes left")
+
+
+def test_three_nodes_leaving_at_once_leave_in_turn_and_keep_every_job(cluster_factory):
+    """A scale-down by three (an orchestrator stops them together): departures take every member's add_lock,
+    so they go one at a time, each after handing its copies over for the ring it leaves; all exit 0 and
+    the two nodes left own every job once, in two copies (R = 3 on two nodes)."""
+    c = cluster_factory(runners=0, replicas=3)
+    nodes = c.up(5)
+    ids = []
+    for n in nodes:
+        with Client(n.url, timeout=30) as client:
+            ids += [f.job_id for f in client.submit_many(
+                [build_spec("call", target="jobgrid.examples:add", args=[i, 1]) for i in range(8)])]
+    leavers, rest = nodes[1:4], [nodes[0], nodes[4]]
+    for n in leavers:
+        _sigterm(n)
+    assert [_exit_code(n, 60) for n in leavers] == [0, 0, 0]
+    c.wait_converged(10, rest)
+
+    def counts() -> tuple[int, int]:
+        sts = c.states().values()
+        return sum(st["counts"]["queued"] for st in sts), sum(st["counts"]["backup"] for st in sts)
+    wait_for(lambda: counts() == (40, 40), 20, "40 jobs queued once and copied once on the two nodes left")
+    owners = {c.get(rest[0], f"/jobs/{jid}")["owner"] for jid in ids}
+    assert owners <= {n.node_id for n in rest}

@@ -99,6 +99,12 @@ def test_no_departure_without_quorum_or_without_the_leaver_holding_the_add_lock(
     assert "does not hold" in str(lv.departure_ring(membership("n2", r), "n1", 50.0, None))
 
 
+def test_no_departure_for_another_ring_than_the_one_the_copies_were_handed_over_for():
+    r = ring(5, epoch=5)
+    assert "epoch 4" in str(lv.departure_ring(membership("n2", r), "n1", 50.0, "n1", epoch=4))
+    assert isinstance(lv.departure_ring(membership("n2", r), "n1", 50.0, "n1", epoch=5), RingState)
+
+
 def test_no_departure_in_the_own_name_or_from_a_non_member():
     r = ring(3)
     assert isinstance(lv.departure_ring(membership("n1", r), "n1", 50.0, "n1"), str)

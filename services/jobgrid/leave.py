@@ -8,7 +8,8 @@ No IO and no clock: callers pass `now` (monotonic seconds) and what they see; th
 2. let the jobs this node's runner started finish, up to the grace period, and report their results;
 3. past the grace period, hand the leases of the jobs still running back (they run again elsewhere);
 4. hand over: every successor holds every job and result of ours, leases included (the copies the
-   successor promotes must say who runs what, or a job stolen from us would run twice);
+   successor promotes must say who runs what, or a job stolen from us would run twice); done again
+   whenever the ring changes before we are out of it (our successors, or our rows, may have changed);
 5. announce: take every member's add_lock (ring changes one at a time, as joins: two departures at once
    would propose two rings of the same epoch, and the one that wins would still list the other leaver),
    then ask a member (our successor first: it holds our copies and will own our jobs) to propose the
@@ -49,7 +50,7 @@ class LeaveView:
     running: int       # jobs our runner started and has not finished, or whose results are not reported yet
     members: int       # members of the ring we follow
     in_ring: bool      # we are one of them
-    handed_over: bool  # step 4 is done
+    handed_over: bool  # step 4 is done, for the ring we follow now
     replicas: int      # R of the grid
     rows_left: bool    # jobs or results of ours still in our store (after leaving: only matters with R = 1)
 
@@ -120,9 +121,11 @@ class Leave:
 
 
 # ---- the other side: a member asked to let a node go --------------------------------------------------------
-def departure_ring(mem: Membership, leaver: str, now: float, lock_holder: str | None) -> RingState | str | None:
+def departure_ring(mem: Membership, leaver: str, now: float, lock_holder: str | None,
+                   epoch: int | None = None) -> RingState | str | None:
     """The ring without `leaver` that this member proposes; None if `leaver` is not a member any more (it left
-    already: nothing to do); a string: why not now (the leaver asks again, or another member)."""
+    already: nothing to do); a string: why not now (the leaver asks again, or another member). `epoch`: the
+    ring the leaver handed its copies over for; another one may have other successors, so it must match."""
     if leaver == mem.me:
         return "a departure in this node's own name"
     if not mem.is_member:
@@ -131,6 +134,8 @@ def departure_ring(mem: Membership, leaver: str, now: float, lock_holder: str | 
         return None
     if not mem.has_quorum(now):
         return "this node cannot reach a majority of the ring; ask another member"
+    if epoch is not None and epoch != mem.ring.epoch:
+        return f"asked for ring epoch {epoch}, this node follows epoch {mem.ring.epoch}; hand over again and ask"
     if lock_holder != leaver:  # departures, like joins, one at a time: the leaver holds every member's add_lock
         return (f"the add_lock is held by {lock_holder}, another ring change in progress; ask again" if lock_holder
                 else f"{leaver} does not hold this node's add_lock; take every member's first")

@@ -45,7 +45,7 @@ class Leaving:
         self.attempts = 0
         self.runner: Draining | None = None  # set by the node when it runs jobs
         self.task: asyncio.Task | None = None
-        self.handed_over = False
+        self.handed_over: int | None = None  # the ring epoch our copies were last handed over for
         self.me: Member | None = None        # our place in the ring, kept for the handoff after we left it
 
     # ---- this node leaves ------------------------------------------------------------------------------------
@@ -84,7 +84,8 @@ class Leaving:
         in_ring = mem.is_member
         rows_left = (not in_ring and bool(ctx.store.jobs_of(ctx.id, limit=1) or ctx.store.results_of(ctx.id, limit=1)))
         return lv.LeaveView(running=self.runner.busy() if self.runner is not None else 0,
-                            members=len(mem.ring.members), in_ring=in_ring, handed_over=self.handed_over,
+                            members=len(mem.ring.members), in_ring=in_ring,
+                            handed_over=self.handed_over == mem.ring.epoch,
                             replicas=mem.replicas, rows_left=rows_left)
 
     async def _do(self, step: lv.Step) -> None:
@@ -98,8 +99,9 @@ class Leaving:
         elif isinstance(step, lv.HandOver):
             if self.runner is not None:
                 self.runner.drain()
+            epoch = ctx.mem.ring.epoch
             await self.replication.hand_over()
-            self.handed_over = True
+            self.handed_over = epoch
             ctx.event("leave_handed_over")
         elif isinstance(step, lv.Announce):
             await self._announce()
@@ -114,8 +116,10 @@ class Leaving:
         ok, locked, best = await self.locks.lock_all(ring)
         try:
             if best is not None and best.key() > ring.key():
-                self.keeper.apply_ring(best)  # a ring change went through meanwhile: lock its members next time
+                self.keeper.apply_ring(best)  # a ring change went through meanwhile: hand over again, then ask
                 return
+            if self.handed_over != ring.epoch:
+                return  # the ring changed while we took the locks
             for m in lv.ask_order(ring, ctx.id) if ok else ():
                 try:
                     new = await ctx.peers.call(m.ip, m.port, "/peer/leave",
@@ -146,7 +150,7 @@ class Leaving:
         ctx, mem = self.ctx, self.ctx.mem
         now = time.monotonic()
         leaver = mem.member(req.sender)
-        new = lv.departure_ring(mem, req.sender, now, self.keeper.add_lock.current(now))
+        new = lv.departure_ring(mem, req.sender, now, self.keeper.add_lock.current(now), req.epoch)
         if isinstance(new, str):
             raise Unavailable(f"departure of {req.sender} not taken now: {new}", retry_after=0.2)
         if new is None or leaver is None:
