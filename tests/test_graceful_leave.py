@@ -235,3 +235,35 @@ def test_three_nodes_leaving_at_once_leave_in_turn_and_keep_every_job(cluster_fa
     wait_for(lambda: counts() == (40, 40), 20, "40 jobs queued once and copied once on the two nodes left")
     owners = {c.get(rest[0], f"/jobs/{jid}")["owner"] for jid in ids}
     assert owners <= {n.node_id for n in rest}
+
+
+def test_past_the_grace_period_a_running_job_is_handed_back_and_runs_elsewhere(cluster_factory, tmp_path):
+    c = cluster_factory(runners=1, extra_args=["--leave-grace", "1"])
+    nodes = c.up(3)
+    leaver = nodes[2]
+    db = str(tmp_path / "runs.sqlite")
+    sidefx.create(db)
+    with Client(leaver.url, timeout=30) as client:
+        [fut] = client.submit_many([build_spec("call", target="harness.sidefx:record", args=[db, "long-2", 4.0])])
+        wait_for(lambda: sidefx.runs(db).get("long-2"), 10, "the job to start")
+        t0 = _sigterm(leaver)
+        assert _exit_code(leaver, 30) == 0
+        took = time.monotonic() - t0
+    assert 1.0 <= took < 3.5, f"the leave took {took:.2f} s with a 1 s grace and a 4 s job"
+    with Client([n.url for n in nodes[:2]], timeout=30) as client:
+        res = client.wait_result(fut.job_id, timeout=30)
+    assert res.state == "succeeded" and res.node != leaver.node_id
+    assert len(sidefx.runs(db)["long-2"]) == 2  # the first run was stopped, the job ran again elsewhere
+
+
+def test_past_the_leave_timeout_the_node_exits_3_and_the_grid_treats_it_as_failed(cluster_factory):
+    c = cluster_factory(runners=0, extra_args=["--leave-timeout", "2"])
+    nodes = c.up(3)
+    for n in nodes[:2]:
+        c.pause(n)  # nobody can take the departure: no majority, no add_lock
+    t0 = _sigterm(nodes[2])
+    assert _exit_code(nodes[2], 30) == 3
+    assert 1.5 <= time.monotonic() - t0 < 10
+    for n in nodes[:2]:
+        c.resume(n)
+    c.wait_converged(20, nodes[:2])  # removed by failure detection, as after a crash
