@@ -190,6 +190,17 @@ class Membership:
                     f"but it is at {my_address[0]}:{my_address[1]}")
         return None
 
+    def copy_problem(self, sender: str, epoch: int) -> str | None:
+        """Why copies (replicas, results, lease notes) sent by `sender` from its ring `epoch` are not taken
+        (answered 409 with our ring, which tells the sender where it stands): it is no member of our ring,
+        and its ring is not newer than ours. That includes a member the grid removed (a node cut off by a
+        partition): what it wrote after the removal (a result it recorded in the failure-detection window)
+        stays with it as an orphan and reaches the grid only through reconciliation, which keeps the record
+        of a member if there is one. A sender with a newer ring is taken: this node is behind."""
+        if self.member(sender) is not None or epoch > self.ring.epoch:
+            return None
+        return f"sender {sender} is not a member of ring epoch {self.ring.epoch}"
+
     def push_problem(self, new: RingState, sender: str | None, lock_holder: str | None) -> str | None:
         """Why a ring announced to this node (not fetched by it) is not taken from `sender`: it must come
         from a member of the current ring, or be the join of the node holding this node's add_lock."""

@@ -375,6 +375,18 @@ class Lifecycle:
         return [DropResults(cause=ev.cause, ids=list(ev.ids))] if ev.ids else []
 
 
+def copy_replaces(*, held_owner: str, incoming_owner: str, me: str, members: frozenset[str]) -> bool:
+    """Whether a copy of a job's final result, sent under `incoming_owner`, replaces the record this node
+    holds under `held_owner`. A record this node owns is never replaced (first wins). The record of a
+    member of the ring is the grid's: a copy under an owner that is no member (a node the grid removed,
+    e.g. the minority side of a partition that ran the job again in the failure-detection window) never
+    replaces it, so each job keeps one record. A member's copy replaces a departed owner's (an orphan) or
+    an older copy of its own."""
+    if held_owner == me:
+        return False
+    return incoming_owner in members or held_owner not in members
+
+
 def dependency_verdict(after: Sequence[str], results: Mapping[str, Result]) -> tuple[str, str | None]:
     """("ready" | "wait" | "fail", the failing dependency)."""
     for dep in after:

@@ -120,8 +120,9 @@ class Replication:
         if stray is not None:
             raise ProtocolError(f"node {req.sender} sent a replica of job {stray.spec.id}, owned by {stray.owner}", 403)
         sender = mem.member(req.sender)
-        if sender is None and req.sender not in ctx.departed and req.epoch <= mem.ring.epoch:
-            raise ProtocolError(f"sender {req.sender} is not a member of ring epoch {mem.ring.epoch}", 409)
+        problem = mem.copy_problem(req.sender, req.epoch)  # a removed member's late copies too (a partition)
+        if problem is not None:
+            raise ProtocolError(problem, 409)
         if req.prune_all:
             # only a member may prune its copies, and only with our ring (not an older one) agreeing that we are
             # not its successor: a departed owner's rows are promoted or handed off, never dropped on its word
@@ -141,7 +142,8 @@ class Replication:
         if req.leases:
             self.store.note_leases(req.sender, [(n.id, n.holder, n.until) for n in req.leases])
         if req.results or req.drop:
-            self.store.put_result_replicas(req.sender, req.results, req.drop, me=ctx.id)
+            self.store.put_result_replicas(req.sender, req.results, req.drop, me=ctx.id,
+                                           members=mem.member_ids)
             if req.results and self.owning is not None:
                 self.owning.copies_arrived([r.job_id for r in req.results])
         return _OK
@@ -284,7 +286,8 @@ class Replication:
             got = self.store.put_jobs([j for j in req.jobs if j.spec.id in want])
             have = self.store.get_results(fresh)
             self.store.put_result_replicas(req.dead, [r for r in req.results if r.job_id in want
-                                                      and r.job_id not in have], [], me=ctx.id)
+                                                      and r.job_id not in have], [], me=ctx.id,
+                                           members=mem.member_ids)
             held = sorted(self.store.held_ids(fresh, frozenset({req.dead})))
             _, undecided = await self.owning.adopt_unowned(req.dead, held, via=req.sender)
             if undecided:  # not kept: the sender keeps its copies and hands them again later

@@ -18,6 +18,7 @@ import msgspec
 
 from ..errors import StorageError
 from ..protocol import JobRecord, Result
+from .lifecycle import copy_replaces
 from .sqlite import Txn, chunks, open_db
 
 # an adopted row's lease lasts at least the grace given (its holder renews it with the new owner)
@@ -235,17 +236,21 @@ class Store:
                 recorded.append(res)
         return recorded, dups, unknown
 
-    def put_result_replicas(self, owner: str, results: Sequence[Result], drop: Sequence[str], me: str = "") -> None:
-        """Copies of `owner`'s results. The owner's record is the grid's: it replaces a copy held under
-        another owner (a departed one's), never a result this node (`me`) owns itself."""
+    def put_result_replicas(self, owner: str, results: Sequence[Result], drop: Sequence[str], me: str = "",
+                            members: frozenset[str] = frozenset()) -> None:
+        """Copies of `owner`'s results. A copy replaces a record held here only as `lifecycle.copy_replaces`
+        says: never one this node (`me`) owns, never a member's (of `members`) for a non-member's copy."""
         now = time.time()
         with self._txn():
+            held = {i: o for chunk in chunks([r.job_id for r in results], 500) for i, o in self.db.execute(
+                f"SELECT job_id, owner FROM results WHERE job_id IN ({','.join('?' * len(chunk))})", chunk)}
+            take = [r for r in results if r.job_id not in held or copy_replaces(
+                held_owner=held[r.job_id], incoming_owner=owner, me=me, members=members | {me})]
             self._write("INSERT INTO results(job_id, owner, state, recorded_at, expires_at, result) "
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET owner=excluded.owner, "
-                        "state=excluded.state, expires_at=excluded.expires_at, result=excluded.result, copied=1 "
-                        "WHERE results.owner<>?",
-                        [(r.job_id, owner, r.state, now, r.expires_at, _enc.encode(r), me) for r in results])
-            ids = list(drop) + [r.job_id for r in results]
+                        "state=excluded.state, expires_at=excluded.expires_at, result=excluded.result, copied=1",
+                        [(r.job_id, owner, r.state, now, r.expires_at, _enc.encode(r)) for r in take])
+            ids = list(drop) + [r.job_id for r in take]
             self._write("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
             self._write("DELETE FROM results WHERE job_id=? AND owner=?", [(i, owner) for i in drop])  # expired
 
