@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from jobgrid.membership import Membership
-from jobgrid.node.lifecycle import copy_replaces
+from jobgrid.node.lifecycle import copy_replaces, second_runs
 from jobgrid.node.store import Store
 from jobgrid.protocol import JobRecord, JobSpec, Member, Result, RingState
 
@@ -103,3 +103,12 @@ def test_store_never_replaces_its_own_record(store):
     store.put_result_replicas("c", [_res("j", "c", 9.0)], [], me="e", members=MEMBERS)
     held = store.held_results(["j"])["j"]
     assert (held[0].node, held[1]) == ("e", "e")
+
+
+# ---- the minority's run, met again at reconciliation -------------------------------------------------------
+def test_an_orphan_result_of_another_run_is_a_second_run():
+    ours = {"j": _res("j", "a", 3.0), "k": _res("k", "a", 4.0), "q": _res("q", "a", 5.0)}
+    grids = {"j": _res("j", "c", 9.0),   # the majority ran it again: ours is the second run
+             "k": _res("k", "a", 4.0),   # the same record reached by two paths: no second run
+             "q": JobRecord(spec=JobSpec(id="q", kind="call", target="jobgrid.examples:noop"), owner="c")}
+    assert second_runs(ours, grids) == ["j"]  # q: the grid has no result yet, ours goes to its owner

@@ -399,7 +399,9 @@ class JobService:
         if not ids:
             return 0, []
         v = await self.search.find(list(ids), {}, here=False, members_only=True)
-        ours = self.store.get_results([i for i, f in v.found.items() if isinstance(f, JobRecord)])
+        ours = self.store.get_results(list(v.found))
+        self.second_runs_dropped(old, lc.second_runs(ours, v.found))
+        ours = {i: r for i, r in ours.items() if isinstance(v.found[i], JobRecord)}
         for i, r in ours.items():  # the grid still has it queued, we hold a finished run of it
             there = v.found[i]
             assert isinstance(there, JobRecord)
@@ -410,6 +412,14 @@ class JobService:
         if v.absent:
             self.ctx.event("orphans_adopted", owner=old, jobs=len(v.absent))
         return n, list(v.undetermined)
+
+    def second_runs_dropped(self, old: str, ids: list[str]) -> None:
+        """Orphan results of `old` that were second runs (e.g. on a partition's minority side) are dropped:
+        a member's record stands. Counted as duplicates, as a second result reported to an owner is."""
+        if ids:
+            self.duplicates_dropped += len(ids)
+            self.ctx.metrics.duplicates.inc(len(ids))
+            self._log_jobs("job_duplicate_dropped", ids, owner=old, reason="a member holds the job's record")
 
     def _ring_changed(self, change: RingChange, ring: RingState) -> None:
         for m in change.promote:

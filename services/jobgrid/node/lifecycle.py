@@ -387,6 +387,14 @@ def copy_replaces(*, held_owner: str, incoming_owner: str, me: str, members: fro
     return incoming_owner in members or held_owner not in members
 
 
+def second_runs(ours: Mapping[str, Result], grids: Mapping[str, object]) -> list[str]:
+    """Ids whose result held here (`ours`, an orphan's) is another run than the record the grid holds
+    (`grids`: what a member answered): the member's record stands, ours is a second run, dropped and
+    counted as a duplicate. The same record reached by two paths is no second run."""
+    return [i for i, r in ours.items() if isinstance(g := grids.get(i), Result)
+            and (r.node, r.finished_at) != (g.node, g.finished_at)]
+
+
 def dependency_verdict(after: Sequence[str], results: Mapping[str, Result]) -> tuple[str, str | None]:
     """("ready" | "wait" | "fail", the failing dependency)."""
     for dep in after:

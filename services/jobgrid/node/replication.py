@@ -16,6 +16,7 @@ from ..errors import GridUnavailable, ProtocolError, Unavailable
 from ..membership import RingChange
 from ..protocol import HandoffRequest, Member, ReplicateRequest, ReportResponse, RingState
 from .context import NodeContext
+from .lifecycle import second_runs
 from .peers import PeerError, PeerFenced
 from .ring_io import RingKeeper
 
@@ -26,6 +27,8 @@ class Owning(Protocol):
     """What replication needs of the job service: take a departed owner's rows as this node's own."""
 
     def adopt(self, old: str, ids: Sequence[str] | None, *, via: str | None = None) -> int: ...
+
+    def second_runs_dropped(self, old: str, ids: list[str]) -> None: ...
 
     async def adopt_unowned(self, old: str, ids: Sequence[str], *,
                             via: str | None = None) -> tuple[int, list[str]]: ...
@@ -285,6 +288,8 @@ class Replication:
             want = set(fresh)
             got = self.store.put_jobs([j for j in req.jobs if j.spec.id in want])
             have = self.store.get_results(fresh)
+            self.owning.second_runs_dropped(req.dead, second_runs(
+                {r.job_id: r for r in req.results if r.job_id in have}, have))
             self.store.put_result_replicas(req.dead, [r for r in req.results if r.job_id in want
                                                       and r.job_id not in have], [], me=ctx.id,
                                            members=mem.member_ids)
