@@ -19,15 +19,14 @@ import yaml
 
 from jobgrid import config
 from jobgrid.errors import ConfigError
-from jobgrid.settings import NodeSettings
+from jobgrid.settings import NodeSettings, Timing
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 # a current release and the oldest one still maintained upstream when this was written
 VERSIONS = (kubernetes_validate.latest_version(), "1.32")
 # JOBGRID_* variables the manifests set that are not node settings (yet)
-NOT_SETTINGS = {"JOBGRID_PEERS": "the start command's headless Service name",
-                "JOBGRID_LEAVE_TIMEOUT": "graceful leave, issue 15: set now, read once implemented"}
+NOT_SETTINGS = {"JOBGRID_PEERS": "the start command's headless Service name"}
 
 
 def docs(paths) -> list[dict]:
@@ -165,9 +164,17 @@ def test_service_links_are_off_so_no_jobgrid_port_is_injected():
 
 def test_graceful_leave_hook_fits_in_the_grace_period():
     c = node()
-    assert c["lifecycle"]["preStop"]["exec"]["command"][:2] == ["jobgrid", "leave"]
+    cmd = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert cmd[:2] == ["jobgrid", "leave"]
+    # the command is one the CLI takes, aimed at the pod's own node, with the full token the pod mounts
+    from jobgrid.cli import build_parser
+    args = build_parser().parse_args(cmd[1:])
+    assert args.fn.__name__ == "cmd_leave" and args.host == "127.0.0.1"
+    assert args.port in (None, int(env()["JOBGRID_PORT"]["value"]))
+    assert env()["JOBGRID_TOKEN_FILE"]["value"]  # the full client token: a read-only one may not make a node leave
     leave_timeout = float(env()["JOBGRID_LEAVE_TIMEOUT"]["value"])
     assert pod()["terminationGracePeriodSeconds"] > leave_timeout
+    assert Timing(leave_timeout=leave_timeout).leave_timeout == leave_timeout  # a real setting
 
 
 def test_disruption_budget_keeps_a_copy_and_a_majority():

@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STACK = ROOT / "deploy" / "swarm" / "jobgrid-stack.yml"
 NOT_SETTINGS = {"JOBGRID_SERVICE": "Swarm template: the service name, for tasks.<service>",
                 "JOBGRID_SLOT": "Swarm template: the task slot; slot 1 may start the grid",
-                "JOBGRID_JOIN_WAIT": "seconds a joiner waits for a healthy task",
-                "JOBGRID_LEAVE_TIMEOUT": "graceful leave, issue 15: set now, read once implemented"}
+                "JOBGRID_JOIN_WAIT": "seconds a joiner waits for a healthy task"}
 
 
 def unescape(x):

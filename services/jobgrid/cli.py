@@ -113,7 +113,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     timing = Timing(heartbeat_interval=args.heartbeat_interval or _float_env("JOBGRID_HEARTBEAT_INTERVAL", 0.5),
                     failure_timeout=args.failure_timeout or _float_env("JOBGRID_FAILURE_TIMEOUT", 2.0),
                     lease_ttl=args.lease_ttl or _float_env("JOBGRID_LEASE_TTL", 3.0),
-                    job_timeout=args.job_timeout or _float_env("JOBGRID_JOB_TIMEOUT", 300.0))
+                    job_timeout=args.job_timeout or _float_env("JOBGRID_JOB_TIMEOUT", 300.0),
+                    leave_timeout=args.leave_timeout or _float_env("JOBGRID_LEAVE_TIMEOUT", 60.0),
+                    leave_grace=args.leave_grace or _float_env("JOBGRID_LEAVE_GRACE", 45.0))
     runners = args.runners if args.runners is not None else _int_env("JOBGRID_RUNNERS")
     kinds = _csv(args.allow_kinds, "JOBGRID_ALLOW_KINDS")
 
@@ -157,8 +159,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(settings))
-    return 0
+    return asyncio.run(serve(settings))  # 0, or leave.EXIT_TIMED_OUT after a leave that ran out of time
 
 
 def _path(p: str | None) -> Path | None:
@@ -336,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a running job's lease lasts, renewed every third (env JOBGRID_LEASE_TTL; default 3.0)")
     s.add_argument("--job-timeout", type=float,
                    help="default per-job timeout in seconds (env JOBGRID_JOB_TIMEOUT; default 300)")
+    s.add_argument("--leave-timeout", type=float,
+                   help="seconds a graceful leave (SIGTERM, jobgrid leave) may take before the node exits anyway "
+                        "(env JOBGRID_LEAVE_TIMEOUT; default 60)")
+    s.add_argument("--leave-grace", type=float,
+                   help="seconds running jobs may finish in a leave, at most 3/4 of the leave timeout "
+                        "(env JOBGRID_LEAVE_GRACE; default 45)")
     s.add_argument("--max-queued", type=int, default=1_000_000,
                    help="jobs a node queues before it answers 503 (default 1000000)")
     s.add_argument("--max-conns-per-client", type=int, default=64,
@@ -418,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("ids", nargs="+", help="ids of the jobs to cancel")
     client_opts(k)
     k.set_defaults(fn=cmd_cancel)
+
+    from .leave_cli import add_leave_command
+    add_leave_command(sub)
     return p
 
 

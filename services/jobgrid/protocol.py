@@ -194,6 +194,13 @@ class LockRequest(msgspec.Struct, forbid_unknown_fields=True):
     ttl: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
 
 
+class LeaveRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A member leaving gracefully asks another to propose the ring without it (leave.py)."""
+
+    sender: NodeId
+    epoch: Epoch
+
+
 class LockResponse(msgspec.Struct):
     granted: bool
     holder: str | None

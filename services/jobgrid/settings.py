@@ -34,6 +34,8 @@ class Timing:
     lock_ttl: float = 5.0
     job_timeout: float = 300.0
     join_timeout: float = 60.0
+    leave_timeout: float = 60.0  # a graceful leave (SIGTERM, `jobgrid leave`) ends within this; then exit anyway
+    leave_grace: float = 45.0    # running jobs may finish this long in a leave (at most 3/4 of the timeout)
 
     def check(self) -> None:
         for f in dataclasses.fields(self):
@@ -75,7 +77,7 @@ _PEER_TIMEOUT = {
     ("POST", "/peer/lock"): "control", ("POST", "/peer/unlock"): "control", ("POST", "/peer/steal"): "control",
     ("GET", "/peer/recovery"): "recovery", ("POST", "/peer/replicate"): "replicate",
     ("POST", "/peer/lookup"): "lookup", ("POST", "/peer/handoff"): "bulk", ("POST", "/peer/report"): "bulk",
-    ("POST", "/peer/renew"): "renew",
+    ("POST", "/peer/renew"): "renew", ("POST", "/peer/leave"): "control",
 }
 
 

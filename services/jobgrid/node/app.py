@@ -95,6 +95,7 @@ class Node:
         g = self.grid
         await g.start()
         if self.runner is not None:
+            g.leaving.runner = self.runner
             g.ctx.spawn(self.runner.loop(), "runner")
             g.ctx.spawn(self.runner.report_loop(), "reporter")
             g.ctx.spawn(self.runner.renew_loop(), "renewer")
@@ -115,14 +116,28 @@ class Node:
         log.info("node_stopped", node=g.id)
 
 
-async def serve(settings: NodeSettings) -> None:
-    """Run a node until SIGINT/SIGTERM."""
+async def serve(settings: NodeSettings) -> int:
+    """Run a node until SIGINT, or until SIGTERM or POST /leave made it leave the grid gracefully (a second
+    SIGTERM stops it at once). Returns the exit code: 0, or `leave.EXIT_TIMED_OUT` after a leave that ran
+    out of time (the grid then treats the node as failed)."""
     node = Node(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    leaving: list[asyncio.Task] = []
+
+    def leave() -> None:
+        if leaving or not node.grid.ctx.joined.is_set() or stop.is_set():
+            stop.set()  # not in a ring yet (or asked twice): nothing to hand over, stop now
+            return
+        task = node.grid.leaving.begin()
+        task.add_done_callback(lambda _: stop.set())
+        leaving.append(task)
+
+    node.extra["leave"] = leave
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, leave)
     watch = _watch_parent(stop)
+    code = 0
     try:
         start = asyncio.ensure_future(node.start())
         waiter = asyncio.ensure_future(stop.wait())
@@ -133,10 +148,19 @@ async def serve(settings: NodeSettings) -> None:
         else:
             start.cancel()
             await asyncio.gather(start, return_exceptions=True)
+        if leaving and leaving[0].done() and not leaving[0].cancelled():
+            if leaving[0].exception() is not None:
+                log.error("leave_failed", error=repr(leaving[0].exception()))
+                code = 1
+            else:
+                code = leaving[0].result()
     finally:
         if watch is not None:
             watch.cancel()
+        for t in leaving:
+            t.cancel()
         await node.stop()
+    return code
 
 
 def _watch_parent(stop: asyncio.Event) -> asyncio.Task | None:

@@ -4,7 +4,8 @@ Roles (each may do what the ones below it may):
 
     peer   another node: `/peer/*` and peer frames on `/stream`, plus every client route. Proven by a
            client certificate that the node's `--tls-ca` verifies (mutual TLS), or by the peer secret.
-    full   a client with the full token: submit and cancel jobs, and everything `read` may.
+    full   a client with the full token: submit and cancel jobs, make the node leave the grid (POST /leave),
+           and everything `read` may.
     read   a client with the read-only token: dashboard, status, results, waits, lists, metrics.
 
 A node with no credential configured at all (the loopback quick start) treats every caller as a peer:
@@ -26,7 +27,7 @@ RANK: dict[str, int] = {"read": 1, "full": 2, "peer": 3}
 SESSION_COOKIE = "jobgrid_session"
 NODE_HEADER = "X-Jobgrid-Node"
 _NODE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
-WRITE_ROUTES = frozenset({("POST", "/jobs"), ("POST", "/jobs/cancel")})
+WRITE_ROUTES = frozenset({("POST", "/jobs"), ("POST", "/jobs/cancel"), ("POST", "/leave")})
 FRAME_ROLES: dict[str, Role] = {"/jobs": "full", "/results/wait": "read"}
 
 

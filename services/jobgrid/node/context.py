@@ -88,6 +88,7 @@ class NodeContext:
         self.signals = Signals()
         self.joined = asyncio.Event()
         self.stopping = False
+        self.leaving = False  # a graceful leave began: no new work taken here (node/leaving.py)
         self.events: deque[dict] = deque(maxlen=500)
         self.promotions: list[dict] = []
         self.tasks: set[asyncio.Task] = set()

@@ -9,13 +9,14 @@ names the handler of every peer message (`PEER_HANDLERS`).
 from __future__ import annotations
 
 from ..protocol import (
-    HandoffRequest, Heartbeat, JoinAnnounce, LockRequest, LookupRequest, RenewRequest, ReplicateRequest,
+    HandoffRequest, Heartbeat, JoinAnnounce, LeaveRequest, LockRequest, LookupRequest, RenewRequest, ReplicateRequest,
     ReportRequest, StealRequest, UnlockRequest,
 )
 from ..settings import NodeSettings
 from .context import NodeContext
 from .counts import QueueCounts
 from .jobs import JobService
+from .leaving import Leaving
 from .metrics import Metrics
 from .orphans import Orphans
 from .owners import Owners
@@ -39,6 +40,7 @@ PEER_MESSAGES: dict[str, tuple[type, str, str]] = {
     "/peer/renew": (RenewRequest, "jobs", "on_renew"),
     "/peer/handoff": (HandoffRequest, "replication", "on_handoff"),
     "/peer/lookup": (LookupRequest, "search", "on_lookup"),
+    "/peer/leave": (LeaveRequest, "leaving", "on_leave"),
 }
 
 
@@ -58,6 +60,7 @@ class Grid:
         self.jobs.report_to = self.owners.report
         self.orphans = Orphans(ctx, self.replication, self.jobs)
         self.replication.reconcile = self.orphans.reconcile
+        self.leaving = Leaving(ctx, self.keeper, self.replication, self.startup)
 
     # the few views the HTTP shell and the dashboard read
     @property

@@ -213,6 +213,15 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
             body["reason"] = reason
         return web.json_response(body, status=200 if reason is None else 503)
 
+    async def leave(request: web.Request) -> web.Response:
+        """POST /leave (full token or peer secret): leave the grid gracefully, then exit (docs/deploy.md)."""
+        start = extra.get("leave")
+        if start is None:
+            raise Unavailable("this node cannot leave yet: it is still starting")
+        start()
+        return web.json_response({"leaving": True, "node": grid.id, "timeout": grid.s.timing.leave_timeout},
+                                 status=202)
+
     async def servers(request: web.Request) -> web.Response:
         return reply(request, grid.keeper.server_list())
 
@@ -350,6 +359,7 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     return [
         web.get("/healthz", healthz), web.get("/servers", servers), web.post("/jobs", submit),
+        web.post("/leave", leave),
         web.get("/jobs", list_jobs), web.get("/jobs/{id}", job_status), web.get("/jobs/{id}/result", job_result),
         web.post("/jobs/cancel", cancel), web.post("/results/wait", wait), web.get("/results", recent),
         web.get("/state", state), web.get("/metrics", metrics),

@@ -76,7 +76,7 @@ class JobService:
 
     # ---- submitted ----------------------------------------------------------------------------------
     async def submit(self, specs: list[JobSpec], retry: bool = False) -> tuple[list[str], list[str]]:
-        self.keeper.require_serving()
+        self.keeper.require_accepting()
         if len({s.id for s in specs}) != len(specs):
             raise ProtocolError("duplicate job ids in one submission", 422)
         if self.counts.get().active + len(specs) > self.ctx.s.max_queued:
@@ -96,7 +96,7 @@ class JobService:
         return acc, ex + existing
 
     async def _flush_submits(self, groups: list[list[JobSpec]]) -> list[tuple[list[str], list[str]]]:
-        self.keeper.require_serving()
+        self.keeper.require_accepting()
         ctx = self.ctx
         try:
             [store] = self._event(lc.Submitted, owner=ctx.id, specs=[s for g in groups for s in g])
@@ -130,7 +130,7 @@ class JobService:
     def _lease(self, holder: str, count: int) -> list[Lease]:
         out: list[Lease] = []
         for i in self._event(lc.LeaseAsked, owner=self.ctx.id, holder=holder, count=count,
-                             serving=self.keeper.can_serve(), holder_known=self.ctx.mem.member(holder) is not None):
+                             serving=self.keeper.takes_work(), holder_known=self.ctx.mem.member(holder) is not None):
             assert isinstance(i, lc.Lease)
             recs = self.store.lease(self.ctx.id, i.holder, i.count, i.until, time.time())
             out = [Lease(record=r, lease_until=i.until) for r in recs]
@@ -379,6 +379,10 @@ class JobService:
             assert isinstance(i, lc.Adopt)
             n = self.store.adopt(i.old, i.new, i.ids, lease_grace=time.time() + ctx.t.lease_ttl)
         self._expire_strangers()
+        # the adopted rows are ours now: no successor is known to hold them (the other copies were under the
+        # old owner, and are handed here and dropped there), so the resync copies everything of ours again
+        if ids is None or ids:
+            self.replication.synced.clear()
         if n:
             ctx.metrics.promoted.inc(n)
             ctx.promoted(old, n, epoch=ctx.mem.ring.epoch, **({"via": via} if via else {}))

@@ -193,6 +193,24 @@ class Replication:
         prune = ReplicateRequest(sender=ctx.id, epoch=self.mem.ring.epoch, prune_all=True)
         await asyncio.gather(*(self.send(m, prune) for m in self.mem.peers() if m.id not in keep))
 
+    async def hand_over(self) -> None:
+        """Before a graceful leave (node/leaving.py): every successor holds every job of ours as it is now
+        (queued, or leased and to whom: the promoter leaves a thief's run alone) and every result."""
+        ctx = self.ctx
+        succ = {m.id for m in self.mem.successors(ctx.id)}
+        if not succ:
+            return
+        for batch in self._batches(self.store.jobs_of, lambda j: j.spec.id):
+            await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, jobs=batch))
+        need = succ - self.synced
+        for batch in (self._batches(self.store.results_of, lambda r: r.job_id) if need else ()):
+            await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, results=batch), only=need)
+        pending = self.store.uncopied_of(ctx.id)
+        if pending:
+            await self.replicate(ReplicateRequest(sender=ctx.id, epoch=0, results=list(pending.values())))
+            self.store.mark_copied(list(pending))
+        self.synced |= need
+
     def _batches(self, rows_of: Callable, key: Callable, limit: int = 2000, max_bytes: int = 4 << 20):
         """Rows of ours in id order, in batches of at most `limit` rows and about `max_bytes`, so one copy
         of many large jobs never becomes one huge message."""

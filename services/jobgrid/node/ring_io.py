@@ -50,10 +50,22 @@ class RingKeeper:
         return (not self.ctx.stopping and self.recovering is None and self.mem.is_member
                 and self.mem.has_quorum(time.monotonic()))
 
+    def takes_work(self) -> bool:
+        """Serving and not leaving: takes submissions, and leases its jobs to runners (its own or thieves)."""
+        return not self.ctx.leaving and self.can_serve()
+
+    def require_accepting(self) -> None:
+        """For new work (submissions): refused once a graceful leave began, so the client tries another node."""
+        if self.ctx.leaving:
+            raise Unavailable("node is leaving the grid; submit to another node", retry_after=0.2)
+        self.require_serving()
+
     def not_serving_reason(self) -> str | None:
         """Why this node takes no work now (None: it does), for /healthz, /servers, the CLI and the dashboard."""
         if self.ctx.stopping:
             return "node is stopping"
+        if self.ctx.leaving:
+            return "node is leaving the grid"
         if self.recovering is not None:
             return recovery.describe(self.recovering)
         if not self.ctx.joined.is_set():
@@ -126,7 +138,7 @@ class RingKeeper:
         if change.removed:
             ctx.note_departed(list(change.removed))
         if not change.i_am_member:
-            if ctx.joined.is_set() and not ctx.stopping:
+            if ctx.joined.is_set() and not ctx.stopping and not ctx.leaving:
                 ctx.event("removed_from_ring", epoch=new.epoch)
                 ctx.joined.clear()
                 if self.on_removed is not None:

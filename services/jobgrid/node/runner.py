@@ -49,6 +49,7 @@ class Runner:
         # (paused, cut off) can still give them back unstarted instead of starting them behind the fence
         self._gate = asyncio.Semaphore(size)
         self.returned_unstarted = 0
+        self.delivering = 0  # results on their way to their owners now (out of the outbox, not yet recorded)
         jobs.local_runner = self  # new jobs come straight here when we want them (JobService._flush_submits)
 
     @property
@@ -77,7 +78,7 @@ class Runner:
         ctx = self.ctx
         wake = ctx.signals.wake_runner
         while not ctx.stopping:
-            if self.want > 0 and ctx.joined.is_set() and self.keeper.can_serve():
+            if self.want > 0 and ctx.joined.is_set() and self.keeper.takes_work():
                 bind_cause(prefix="run-")  # one causal id per lease or steal batch; its jobs' tasks inherit it
                 # prefetch up to `size` more local jobs: they wait for a worker in the pool, so short
                 # jobs need one lease transaction per batch instead of one per job
@@ -143,7 +144,7 @@ class Runner:
                 asyncio.get_running_loop().call_later(0.02, self._check_long, rec.spec.id)
         try:
             async with self._gate:
-                if not self.keeper.can_serve():  # fenced: the grid may already be running it elsewhere
+                if not self.keeper.takes_work():  # fenced (the grid may run it elsewhere), or leaving
                     self._return_unstarted(rec, owner)
                     return
                 log.debug("job_started", job_id=rec.spec.id, node=ctx.id, owner=owner)
@@ -202,6 +203,36 @@ class Runner:
         back = self.jobs.release(me, extra)
         log.debug("prefetch_released", jobs=len(back), node=me)
 
+    # ---- a graceful leave (node/leaving.py) ----------------------------------------------------------------------
+    def busy(self) -> int:
+        """Jobs started here and not finished, plus results not yet recorded by their owners."""
+        return (len(self.running) - len(self.waiting) + sum(len(rs) for rs in self.outbox.values())
+                + self.delivering)
+
+    def drain(self) -> int:
+        """Leased jobs that have not started go back: our own to our queue at once, stolen ones when their
+        owner's lease lapses or the ring drops us (whichever first). Returns how many."""
+        return self._stop_jobs(list(self.waiting))
+
+    def hand_back(self) -> int:
+        """The grace period is over: stop every job still running here and give its lease back (as `drain`)."""
+        return self._stop_jobs(list(self.running))
+
+    def _stop_jobs(self, ids: list[str]) -> int:
+        me, own = self.ctx.id, []
+        for jid in ids:
+            self.waiting.pop(jid, None)
+            held = self.running.pop(jid, None)
+            if held is None:
+                continue
+            held[1].cancel()  # kills the job's worker if it started
+            if held[0] == me:
+                own.append(jid)
+        if own:
+            self.jobs.release(me, own)
+        self.ctx.metrics.busy.set(len(self.running))
+        return len(ids)
+
     # ---- reporting ---------------------------------------------------------------------------------------
     async def report_loop(self) -> None:
         while not self.ctx.stopping:
@@ -209,8 +240,12 @@ class Runner:
             self.outbox_event.clear()
             pending = {o: rs for o, rs in self.outbox.items() if rs}
             self.outbox.clear()
-            outcomes = await asyncio.gather(*(self._deliver(o, rs) for o, rs in pending.items()),
-                                            return_exceptions=True)
+            self.delivering = sum(len(rs) for rs in pending.values())
+            try:
+                outcomes = await asyncio.gather(*(self._deliver(o, rs) for o, rs in pending.items()),
+                                                return_exceptions=True)
+            finally:
+                self.delivering = 0
             retry = False
             for (owner, rs), left in zip(pending.items(), outcomes):
                 if isinstance(left, BaseException):  # never lose a result to an error: keep it, retry

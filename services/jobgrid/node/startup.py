@@ -203,7 +203,7 @@ class Startup:
             problem = recovery.replicas_problem(ctx.s.replicas, ring)
             if problem is not None:
                 raise ConfigError(problem)
-            ok, locked, best = await self._lock_all(ring)
+            ok, locked, best = await self.lock_all(ring)
             if (ok and best is not None and {m.id for m in best.members} == {m.id for m in locked}
                     and ctx.mem.ring_problem(best) is None):
                 loc = ringmath.largest_gap_midpoint([m.location for m in best.members])
@@ -212,17 +212,17 @@ class Startup:
                 ctx.mem.ring = best
                 keeper.apply_ring(new)
                 await keeper.broadcast_ring(new)
-                await self._unlock(locked)
+                await self.unlock(locked)
                 ctx.joined.set()
                 ctx.event("joined", location=loc, epoch=new.epoch, attempts=attempt + 1)
                 ctx.signals.resync.set()
                 return
-            await self._unlock(locked)
+            await self.unlock(locked)
             attempt += 1
             ctx.event("join_backoff", attempt=attempt)
             await asyncio.sleep(join_backoff(attempt, random.random()))
 
-    async def _lock_all(self, ring: RingState) -> tuple[bool, list[Member], RingState | None]:
+    async def lock_all(self, ring: RingState) -> tuple[bool, list[Member], RingState | None]:
         req = LockRequest(holder=self.ctx.id, ttl=self.ctx.t.lock_ttl)
 
         async def one(m: Member) -> LockResponse | None:
@@ -237,7 +237,7 @@ class Startup:
         best = max(rings, key=lambda r: r.key()) if rings else None
         return len(locked) == len(ring.members), locked, best
 
-    async def _unlock(self, members: Sequence[Member]) -> None:
+    async def unlock(self, members: Sequence[Member]) -> None:
         async def one(m: Member) -> None:
             try:
                 await self.ctx.peers.call(m.ip, m.port, "/peer/unlock", UnlockRequest(holder=self.ctx.id),
