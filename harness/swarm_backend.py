@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import tempfile
 import time
@@ -68,7 +69,8 @@ def _run(*cmd: str, timeout: float = 120.0, check: bool = True) -> str:
 
 
 def ensure_swarm(client: Any) -> bool:
-    """Make this Engine a swarm manager if it is not one; True when this call initialised the swarm."""
+    """Make this Engine a swarm manager if it is not one; True when this call initialised the swarm (and the
+    docker_gwbridge network `swarm init` makes, when there was none)."""
     sw = client.info().get("Swarm") or {}
     if sw.get("LocalNodeState") == "active":
         if not sw.get("ControlAvailable"):
@@ -132,6 +134,7 @@ class SwarmCluster(ClusterBase):
         self.workdir = workdir or ""
         self.subnet = ""          # the overlay's, routed through the gateway
         self.made_swarm = False
+        self.made_gwbridge = False
         self.nodes: list[SwarmNode] = []
         self.faults: list[dict] = []
 
@@ -141,7 +144,7 @@ class SwarmCluster(ClusterBase):
                 "token": self.token, "peer_secret": self.peer_secret, "image": self.image,
                 "heartbeat_interval": self.heartbeat_interval, "failure_timeout": self.failure_timeout,
                 "leave_timeout": self.leave_timeout, "workdir": self.workdir, "subnet": self.subnet,
-                "made_swarm": self.made_swarm, "links": self.links, "nodes": [vars(n) for n in self.nodes]}
+                "made_swarm": self.made_swarm, "made_gwbridge": self.made_gwbridge, "links": self.links, "nodes": [vars(n) for n in self.nodes]}
 
     @classmethod
     def from_state(cls, st: dict) -> SwarmCluster:
@@ -149,7 +152,7 @@ class SwarmCluster(ClusterBase):
                 peer_secret=st["peer_secret"], heartbeat_interval=st["heartbeat_interval"],
                 failure_timeout=st["failure_timeout"], image=st["image"], leave_timeout=st["leave_timeout"],
                 workdir=st["workdir"])
-        c.subnet, c.made_swarm = st["subnet"], st["made_swarm"]
+        c.subnet, c.made_swarm, c.made_gwbridge = st["subnet"], st["made_swarm"], st.get("made_gwbridge", False)
         c.nodes = [SwarmNode(**n) for n in st["nodes"]]
         c.refresh()
         return c
@@ -173,7 +176,9 @@ class SwarmCluster(ClusterBase):
 
     def up(self, n: int, *, timeout: float = 180.0, together: bool = True) -> list:
         """Deploy the stack with `n` replicas; wait until every task has joined and the ring has converged."""
-        self.made_swarm = ensure_swarm(self.client) or self.made_swarm
+        had_bridge = bool(self.client.networks.list(names=["docker_gwbridge"]))
+        if ensure_swarm(self.client):
+            self.made_swarm, self.made_gwbridge = True, not had_bridge
         stack = self._write_stack(n)
         self._shared_volume()
         _run("docker", "stack", "deploy", "--detach=true", "-c", str(stack), self.name)
@@ -426,11 +431,12 @@ class SwarmCluster(ClusterBase):
         _run("docker", "stack", "rm", self.name, check=False)
         if self.subnet:
             _run("ip", "route", "del", self.subnet, check=False)
-        for ct in self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.name}"}):
-            ct.remove(force=True)
+        for ct in self.client.api.containers(all=True, filters={"label": f"{LABEL}={self.name}"}):
+            self.client.api.remove_container(ct["Id"], force=True)
 
         def gone() -> bool:
-            if self.client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={self.service}"}):
+            # the raw list: the SDK's containers.list inspects each one, and a task container may go in between
+            if self.client.api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={self.service}"}):
                 return False
             if self._network() is not None:  # stack rm gives up on a network its last tasks still held
                 _run("docker", "network", "rm", self.network, check=False)
@@ -448,6 +454,10 @@ class SwarmCluster(ClusterBase):
                 net.remove()
             if self.made_swarm:
                 _run("docker", "swarm", "leave", "--force", check=False)
-                self.made_swarm = False
+                if self.made_gwbridge:
+                    _run("docker", "network", "rm", "docker_gwbridge", check=False)
+                self.made_swarm = self.made_gwbridge = False
+            if self.workdir:
+                shutil.rmtree(self.workdir, ignore_errors=True)  # the secret files
             for n in self.nodes:
                 n.state = "stopped"

@@ -40,8 +40,8 @@ JOB_SECONDS = 0.3  # each job's work: long enough that stops and kills catch som
 
 def leftovers(docker, c: SwarmCluster) -> list[str]:
     names = [s.name for s in docker.services.list(filters={"name": c.service})]
-    names += [x.name for x in docker.containers.list(all=True, filters={"label": f"com.docker.stack.namespace={c.name}"})]
-    names += [x.name for x in docker.containers.list(all=True, filters={"label": f"jobgrid.swarm={c.name}"})]
+    for label in (f"com.docker.swarm.service.name={c.service}", f"jobgrid.swarm={c.name}"):
+        names += [x["Names"][0] for x in docker.api.containers(all=True, filters={"label": label})]
     names += [n.name for n in docker.networks.list() if n.name.startswith(c.name)]
     names += [v.name for v in docker.volumes.list() if v.name.startswith(c.name)]
     names += [s.name for s in docker.secrets.list() if s.name.startswith(c.name)]
