@@ -330,13 +330,23 @@ class SwarmCluster(ClusterBase):
         node.node_id = self.get(node, "/state")["id"]  # type: ignore[index]
 
     def log_tail(self, node: SwarmNode, lines: int = 30) -> str:
-        return _run("docker", "service", "logs", "--raw", "--tail", str(lines * 5), self.service,
-                    check=False)[-lines * 400:]
+        """The last lines of the slot's running task (or, between tasks, of the ones before it)."""
+        if node.container:
+            try:
+                return self.client.containers.get(node.container).logs(tail=lines).decode(errors="replace")
+            except Exception:  # noqa: BLE001 - the task just went
+                pass
+        return "\n".join(self.logs(node).splitlines()[-lines:])
 
     def logs(self, node: SwarmNode) -> str:
-        """Every task's output in this slot (docker service logs keeps the replaced tasks' too)."""
-        out = _run("docker", "service", "logs", "--no-trunc", self.service, check=False)
-        return "\n".join(line for line in out.splitlines() if line.startswith(f"{self.service}.{node.slot}."))
+        """Every task's output in this slot, the replaced ones' too (docker service logs keeps them)."""
+        try:
+            r = subprocess.run(["docker", "service", "logs", "--no-trunc", self.service], capture_output=True,
+                               text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise HarnessError(f"docker service logs {self.service}: {e}") from e
+        lines = (r.stdout + r.stderr).splitlines()  # the nodes log to stderr, which the CLI passes on as such
+        return "\n".join(x for x in lines if x.startswith(f"{self.service}.{node.slot}."))
 
     # ---- faults ------------------------------------------------------------------------------------------
     def _ct(self, node: SwarmNode) -> Any:

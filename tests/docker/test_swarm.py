@@ -135,7 +135,10 @@ def test_swarm_stack_scale_rolling_update_and_kill_lose_nothing(swarm):
     reruns = {j: at[1:] for j, at in runs.items() if len(at) > 1}
     ends = [s["from"] for s in steps[2:]] + [float("inf")]
     for s, end in zip(steps[1:], ends):  # a re-run belongs to the step during which (or after which) it started
-        s["reruns"] = sum(1 for at in reruns.values() for t in at if s["from"] <= t < end)
+        mine = sorted(t - s["from"] for at in reruns.values() for t in at if s["from"] <= t < end)
+        s["reruns"] = len(mine)
+        if mine:  # when they started, seconds into the step
+            s["reruns_started"] = f"{mine[0]:.1f}-{mine[-1]:.1f} s"
     report = {"verdict": summary_line(verdict), "acknowledged": verdict.acknowledged_count,
               "runs": sum(len(v) for v in runs.values()), "reruns": sum(len(v) for v in reruns.values()),
               "steps": [{k: v for k, v in s.items() if k not in ("from", "to")} for s in steps],
