@@ -213,6 +213,7 @@ class SwarmCluster(ClusterBase):
         api = self.client.api
         ct = api.create_container(
             self.image, entrypoint=["sleep", "infinity"], user="root", name=self.gateway, labels={LABEL: self.name},
+            healthcheck={"test": ["NONE"]},  # not a node: the image's /healthz check does not apply
             host_config=api.create_host_config(network_mode=self.gateway, cap_add=["NET_ADMIN"],
                                                sysctls={"net.ipv4.ip_forward": "1"}),
             networking_config=api.create_networking_config({self.gateway: api.create_endpoint_config(
@@ -339,14 +340,19 @@ class SwarmCluster(ClusterBase):
         return "\n".join(self.logs(node).splitlines()[-lines:])
 
     def logs(self, node: SwarmNode) -> str:
-        """Every task's output in this slot, the replaced ones' too (docker service logs keeps them)."""
-        try:
-            r = subprocess.run(["docker", "service", "logs", "--no-trunc", self.service], capture_output=True,
-                               text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise HarnessError(f"docker service logs {self.service}: {e}") from e
-        lines = (r.stdout + r.stderr).splitlines()  # the nodes log to stderr, which the CLI passes on as such
-        return "\n".join(x for x in lines if x.startswith(f"{self.service}.{node.slot}."))
+        """Every task's output in this slot, oldest first: Swarm keeps the replaced tasks' containers (its task
+        history). Read from the containers: `docker service logs` can hang on a task that died."""
+        api = self.client.api
+        cts = api.containers(all=True, filters={"label": f"com.docker.swarm.service.name={self.service}"})
+        mine = sorted((c for c in cts if (c.get("Labels") or {}).get("com.docker.swarm.task.name", "").startswith(
+            f"{self.service}.{node.slot}.")), key=lambda c: c["Created"])
+        out = []
+        for c in mine:
+            try:
+                out.append(api.logs(c["Id"]).decode(errors="replace"))
+            except Exception:  # noqa: BLE001 - removed in between
+                pass
+        return "".join(out)
 
     # ---- faults ------------------------------------------------------------------------------------------
     def _ct(self, node: SwarmNode) -> Any:
