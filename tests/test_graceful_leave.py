@@ -47,6 +47,16 @@ def _exit_code(node, timeout: float) -> int:
     return rc
 
 
+def _long_job_then_sigterm(c, leaver, db: str, jid: str, seconds: float):
+    """Submit a job that runs `seconds` on `leaver` (its own runner takes its own jobs first), wait until it
+    has started, then SIGTERM the leaver. Returns (the job's future, the time of the signal)."""
+    sidefx.create(db)
+    with Client(leaver.url, timeout=30) as client:
+        [fut] = client.submit_many([build_spec("call", target="harness.sidefx:record", args=[db, jid, seconds])])
+        wait_for(lambda: sidefx.runs(db).get(jid), 10, "the job to start")
+    return fut, _sigterm(leaver)
+
+
 def test_sigterm_drops_an_idle_node_from_every_server_list_at_once_and_exits_0(cluster_factory):
     # a failure timeout of 5 s: a node stopped like a crash could not leave the server lists within 3 s
     c = cluster_factory(runners=1, failure_timeout=5.0)
@@ -56,6 +66,7 @@ def test_sigterm_drops_an_idle_node_from_every_server_list_at_once_and_exits_0(c
     t0 = _sigterm(leaver)
     wait_for(lambda: not _listed_by(c, leaver, others), 10, "every other server list to drop the leaver", step=0.02)
     took = time.monotonic() - t0
+    print(f"every other server list dropped the leaver {took:.3f} s after SIGTERM")
     # the issue asks for "within a second"; measured here at ~0.05 s. The bound is 3 s to leave room for a loaded
     # 2-core machine: a departure that waited for the failure timeout (5 s here) would take longer
     assert took < 3.0, f"server lists dropped the leaver after {took:.2f} s"
@@ -72,16 +83,12 @@ def test_a_running_job_finishes_on_the_leaver_and_runs_once(cluster_factory, tmp
     nodes = c.up(3)
     leaver = nodes[2]
     db = str(tmp_path / "runs.sqlite")
-    sidefx.create(db)
-    with Client(leaver.url, timeout=30) as client:
-        [fut] = client.submit_many([build_spec("call", target="harness.sidefx:record", args=[db, "long-1", 2.0])])
-        wait_for(lambda: sidefx.runs(db).get("long-1"), 10, "the job to start")
-        t0 = _sigterm(leaver)
-        time.sleep(0.5)
-        # the node drains but stays in the ring while its job runs: the copies must not be promoted under it
-        assert _listed_by(c, leaver, nodes[:2]) == {"n1", "n2"}
-        assert _exit_code(leaver, 30) == 0
-        assert time.monotonic() - t0 >= 1.0  # it waited for the job
+    fut, t0 = _long_job_then_sigterm(c, leaver, db, "long-1", 2.0)
+    time.sleep(0.5)
+    # the node drains but stays in the ring while its job runs: the copies must not be promoted under it
+    assert _listed_by(c, leaver, nodes[:2]) == {"n1", "n2"}
+    assert _exit_code(leaver, 30) == 0
+    assert time.monotonic() - t0 >= 1.0  # it waited for the job
     c.wait_converged(10, nodes[:2])
     with Client([n.url for n in nodes[:2]], timeout=30) as client:
         res = client.wait_result(fut.job_id, timeout=20)
@@ -235,3 +242,31 @@ def test_three_nodes_leaving_at_once_leave_in_turn_and_keep_every_job(cluster_fa
     wait_for(lambda: counts() == (40, 40), 20, "40 jobs queued once and copied once on the two nodes left")
     owners = {c.get(rest[0], f"/jobs/{jid}")["owner"] for jid in ids}
     assert owners <= {n.node_id for n in rest}
+
+
+def test_past_the_grace_period_a_running_job_is_handed_back_and_runs_elsewhere(cluster_factory, tmp_path):
+    c = cluster_factory(runners=1, extra_args=["--leave-grace", "1"])
+    nodes = c.up(3)
+    leaver = nodes[2]
+    db = str(tmp_path / "runs.sqlite")
+    fut, t0 = _long_job_then_sigterm(c, leaver, db, "long-2", 4.0)
+    assert _exit_code(leaver, 30) == 0
+    took = time.monotonic() - t0
+    assert 1.0 <= took < 3.5, f"the leave took {took:.2f} s with a 1 s grace and a 4 s job"
+    with Client([n.url for n in nodes[:2]], timeout=30) as client:
+        res = client.wait_result(fut.job_id, timeout=30)
+    assert res.state == "succeeded" and res.node != leaver.node_id
+    assert len(sidefx.runs(db)["long-2"]) == 2  # the first run was stopped, the job ran again elsewhere
+
+
+def test_past_the_leave_timeout_the_node_exits_3_and_the_grid_treats_it_as_failed(cluster_factory):
+    c = cluster_factory(runners=0, extra_args=["--leave-timeout", "2"])
+    nodes = c.up(3)
+    for n in nodes[:2]:
+        c.pause(n)  # nobody can take the departure: no majority, no add_lock
+    t0 = _sigterm(nodes[2])
+    assert _exit_code(nodes[2], 30) == 3
+    assert 1.5 <= time.monotonic() - t0 < 10
+    for n in nodes[:2]:
+        c.resume(n)
+    c.wait_converged(20, nodes[:2])  # removed by failure detection, as after a crash

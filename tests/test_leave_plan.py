@@ -58,8 +58,9 @@ def test_with_one_copy_only_the_rows_are_handed_off_after_leaving_the_ring():
     assert PLAN.next(101.0, view(in_ring=False, replicas=1, rows_left=False)).code == lv.EXIT_LEFT  # type: ignore[union-attr]
 
 
-def test_the_last_member_stops_with_its_jobs_kept():
-    step = PLAN.next(101.0, view(members=1, running=1))
+def test_the_last_member_lets_its_running_jobs_finish_then_stops_with_its_jobs_kept():
+    assert isinstance(PLAN.next(101.0, view(members=1, running=1)), lv.WaitRuns)
+    step = PLAN.next(101.0, view(members=1))
     assert isinstance(step, lv.Exit) and step.code == lv.EXIT_LEFT and "data dir" in step.reason
 
 

@@ -16,8 +16,8 @@ No IO and no clock: callers pass `now` (monotonic seconds) and what they see; th
    ring without us; it adopts it at once and tells everyone, so no failure timeout passes;
 6. with R = 1 nobody holds copies of ours: hand our rows to the new owner through the handoff path;
 7. exit 0. Past the leave timeout, whatever the step, exit with `EXIT_TIMED_OUT`: the grid then treats
-   the node as failed, as after a crash. The last member of a grid has nobody to leave to: it stops
-   with its jobs kept in its data dir, as a plain stop always did.
+   the node as failed, as after a crash. The last member of a grid has nobody to leave to: it lets its
+   running jobs finish (steps 1-3), then stops with its jobs kept in its data dir.
 """
 
 from __future__ import annotations
@@ -109,12 +109,12 @@ class Leave:
             if v.replicas <= 1 and v.rows_left:
                 return HandOff()
             return Exit(EXIT_LEFT, "left the ring")
-        if v.members <= 1:
-            return Exit(EXIT_LEFT, "the last member of the grid stopped; its jobs stay in its data dir")
         if v.running > 0:
             if now < self.started + self.policy.grace:
                 return WaitRuns(until=self.started + self.policy.grace)
             return HandBackLeases()
+        if v.members <= 1:
+            return Exit(EXIT_LEFT, "the last member of the grid stopped; its jobs stay in its data dir")
         if not v.handed_over:
             return HandOver()
         return Announce()

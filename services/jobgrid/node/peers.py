@@ -150,8 +150,9 @@ class Peers:
 
     async def close(self) -> None:
         self._closed = True
-        for link in list(self._links.values()):
-            await link.close()
+        # all at once, each bounded: a frozen peer never answers the WebSocket close
+        await asyncio.gather(*(asyncio.wait_for(link.close(), 1.0) for link in list(self._links.values())),
+                             return_exceptions=True)
         self._links.clear()
         for s in list(self._sessions.values()):
             await s.close()
