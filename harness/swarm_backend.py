@@ -8,8 +8,9 @@
   volume shared by every task on /shared (the run counter of harness/sidefx.py);
 * nodes: the service's running tasks, one per slot (``n<slot>``), at their address on the overlay network;
   they join through ``tasks.<service>`` like any deployment. A slot keeps its volume across task replacements;
-* reaching them: the host is not on the overlay, so a gateway container (``<cluster>-gw``) sits on it and on
-  an internal bridge of its own, masquerading, and the host routes the overlay's subnet through it;
+* reaching them: the host is not on the overlay, so a gateway container (``<cluster>-gw``, harness/swarm_gateway.py)
+  sits on it and on an internal bridge of its own, masquerading, and the host routes the overlay's subnet
+  through it; clients dial the gateway's own port 8000 first, which forwards to a live task;
 * faults: kill = SIGKILL of the task's container (Swarm starts a new task in the slot, on the same volume),
   pause = cgroup freezer (a pause longer than the health check's patience, ~30 s, makes Swarm replace the task),
   restart = a graceful stop of the container (Swarm replaces it), partition = iptables rules entered in each
@@ -35,6 +36,7 @@ from typing import Any
 from .backend import ClusterBase, wait_for
 from .errors import HarnessError
 from .images import NODE_TAG, PROJECT_ROOT, docker_client
+from .swarm_gateway import start_gateway
 
 STACK_FILE = PROJECT_ROOT / "deploy" / "swarm" / "jobgrid-stack.yml"
 LABEL = "jobgrid.swarm"
@@ -133,6 +135,7 @@ class SwarmCluster(ClusterBase):
         self.shared = f"{self.name}-shared"
         self.workdir = workdir or ""
         self.subnet = ""          # the overlay's, routed through the gateway
+        self.entry = ""           # the gateway's address on its bridge: clients' entry, the route's next hop
         self.made_swarm = False
         self.made_gwbridge = False
         self.nodes: list[SwarmNode] = []
@@ -143,7 +146,7 @@ class SwarmCluster(ClusterBase):
         return {"backend": "swarm", "name": self.name, "replicas": self.replicas, "runners": self.runners,
                 "token": self.token, "peer_secret": self.peer_secret, "image": self.image,
                 "heartbeat_interval": self.heartbeat_interval, "failure_timeout": self.failure_timeout,
-                "leave_timeout": self.leave_timeout, "workdir": self.workdir, "subnet": self.subnet,
+                "leave_timeout": self.leave_timeout, "workdir": self.workdir, "subnet": self.subnet, "entry": self.entry,
                 "made_swarm": self.made_swarm, "made_gwbridge": self.made_gwbridge, "links": self.links, "nodes": [vars(n) for n in self.nodes]}
 
     @classmethod
@@ -152,6 +155,7 @@ class SwarmCluster(ClusterBase):
                 peer_secret=st["peer_secret"], heartbeat_interval=st["heartbeat_interval"],
                 failure_timeout=st["failure_timeout"], image=st["image"], leave_timeout=st["leave_timeout"],
                 workdir=st["workdir"])
+        c.entry = st.get("entry", "")
         c.subnet, c.made_swarm, c.made_gwbridge = st["subnet"], st["made_swarm"], st.get("made_gwbridge", False)
         c.nodes = [SwarmNode(**n) for n in st["nodes"]]
         c.refresh()
@@ -197,37 +201,11 @@ class SwarmCluster(ClusterBase):
         return self.client.volumes.get(self.shared).attrs["Mountpoint"]
 
     def _gateway(self) -> None:
-        """A container on the overlay and on an internal bridge of its own, forwarding with masquerade; the
-        host routes the overlay's subnet through it (the host cannot join an overlay network itself)."""
-        from docker.types import IPAMConfig, IPAMPool  # noqa: PLC0415
-
-        from .docker_backend import _subnet_for  # noqa: PLC0415
         net = wait_for(lambda: self._network(), 30, f"overlay network {self.network}")
         self.subnet = net.attrs["IPAM"]["Config"][0]["Subnet"]
-        if not self.client.networks.list(names=[self.gateway]):
-            self.client.networks.create(self.gateway, driver="bridge", internal=True, labels={LABEL: self.name},
-                                        ipam=IPAMConfig(pool_configs=[IPAMPool(
-                                            subnet=_subnet_for(self.client, self.gateway))]))
-        gw_net = self.client.networks.get(self.gateway)
-        gw_ip = gw_net.attrs["IPAM"]["Config"][0]["Subnet"].rsplit(".", 1)[0] + ".2"
-        api = self.client.api
-        ct = api.create_container(
-            self.image, entrypoint=["sleep", "infinity"], user="root", name=self.gateway, labels={LABEL: self.name},
-            healthcheck={"test": ["NONE"]},  # not a node: the image's /healthz check does not apply
-            host_config=api.create_host_config(network_mode=self.gateway, cap_add=["NET_ADMIN"],
-                                               sysctls={"net.ipv4.ip_forward": "1"}),
-            networking_config=api.create_networking_config({self.gateway: api.create_endpoint_config(
-                ipv4_address=gw_ip)}))
-        api.start(ct["Id"])
-        net.connect(self.gateway)
-        ct = self.client.containers.get(self.gateway)
-        ct.reload()
-        overlay_ip = ct.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
-        dev = ct.exec_run(["sh", "-c", f"ip -o -4 addr show | awk '/{overlay_ip}\\// {{print $2}}'"])[1].decode().strip()
-        code, out = ct.exec_run(["iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-o", dev, "-j", "MASQUERADE"])
-        if code != 0:
-            raise HarnessError(f"gateway: iptables failed: {out.decode(errors='replace')}")
-        _run("ip", "route", "replace", self.subnet, "via", gw_ip)
+        self.entry = start_gateway(self.client, name=self.gateway, network=net, image=self.image,
+                                   labels={LABEL: self.name}, service=self.service, port=PORT)
+        _run("ip", "route", "replace", self.subnet, "via", self.entry)
 
     def _network(self) -> Any:
         nets = [n for n in self.client.networks.list(names=[self.network]) if n.name == self.network]
@@ -314,6 +292,11 @@ class SwarmCluster(ClusterBase):
         if {x.task for x in self.nodes} & old:
             raise HarnessError("the rolling update left some old tasks running")
         return time.monotonic() - t0
+
+    def client_urls(self) -> list[str]:
+        """The gateway's entry first (it outlives every task: a rolling update gives every node a new
+        address; it forwards each connection to a live task, found as tasks.<service>), then the tasks."""
+        return [f"http://{self.entry}:{PORT}"] + [n.url for n in self.live()]
 
     # ---- observing ---------------------------------------------------------------------------------------
     def get(self, node: SwarmNode, path: str, timeout: float = 2.0) -> dict | list:
