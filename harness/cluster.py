@@ -140,7 +140,7 @@ def node_table(cluster: Any) -> Table:
     for col in ("node", "address", "clients dial", "state", "id", "ring position (of 1)", "active", "backup",
                 "epoch"):
         t.add_column(col)
-    dial = dict(zip((n.name for n in cluster.nodes), cluster.client_urls()))
+    dial = {n.name: cluster.dial_address(n) for n in cluster.nodes}
     for n in cluster.nodes:
         st = states.get(n.name, {})
         counts = st.get("counts", {})

@@ -30,7 +30,8 @@ def test_render_keeps_the_stack_and_changes_only_what_the_harness_needs(tmp_path
     # as written: the join script, the health check's test, one at a time stop-first, secrets as files
     assert svc["command"] == original["services"]["node"]["command"]
     assert svc["healthcheck"]["test"] == original["services"]["node"]["healthcheck"]["test"]
-    assert svc["deploy"]["update_config"]["parallelism"] == 1 and svc["deploy"]["update_config"]["order"] == "stop-first"
+    update = svc["deploy"]["update_config"]
+    assert update["parallelism"] == 1 and update["order"] == "stop-first"
     assert svc["secrets"] == original["services"]["node"]["secrets"]
     assert not {"JOBGRID_TOKEN", "JOBGRID_PEER_SECRET"} & set(env)
     # the harness's own: secrets from its files (made by the stack, removed with it), an internal network
