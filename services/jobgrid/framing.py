@@ -88,6 +88,7 @@ class Link:
         self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
         self._ids = itertools.count(1)
+        self.opened = False  # a handshake ever succeeded: a jobgrid node is there, however slow its answers
 
     async def _open(self) -> _Conn:
         c = self._conn
@@ -99,6 +100,7 @@ class Link:
                 return c
             ws = await self._session.ws_connect(self._url, compress=0, max_msg_size=0, autoping=True,
                                                 headers=self.headers or None, heartbeat=self._heartbeat)
+            self.opened = True
             c = _Conn(ws)
             c.reader = asyncio.ensure_future(self._read(c))
             self._conn = c

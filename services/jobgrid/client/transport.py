@@ -110,6 +110,9 @@ class Transport:
                                                                    cause, max(0.05, min(try_for, left)))
             except (aiohttp.ClientError, OSError, TimeoutError) as e:  # refused, reset, closed stream, timed out
                 last = GridUnavailable(f"{base}: {type(e).__name__}: {e}")
+                link = self._links.get(base)
+                if link is not None and link.opened:
+                    self._reached = True  # its stream opened: a node is there, only slow (a slow link, big jobs)
             else:
                 self._reached = True
                 if status == 401:

@@ -61,6 +61,8 @@ class Grid:
         self.orphans = Orphans(ctx, self.replication, self.jobs)
         self.replication.reconcile = self.orphans.reconcile
         self.leaving = Leaving(ctx, self.keeper, self.replication, self.startup)
+        for _typ, part, method in PEER_MESSAGES.values():
+            self.handler(part, method)  # a table entry no part answers fails at start, not on first use
 
     # the few views the HTTP shell and the dashboard read
     @property

@@ -308,13 +308,11 @@ def routes(grid: Grid, extra: dict[str, Any]) -> list[web.RouteDef]:
 
     # ---- peer endpoints: one table (PEER_MESSAGES), served as HTTP routes and over the peer stream ----
     def peer(typ: type, part: str, name: str) -> Handler:
-        handle = grid.handler(part, name)
-
         async def route(request: web.Request) -> web.Response:
             grid.metrics.peer_messages.labels("http").inc()
             msg = await body(request, typ)
             check_sender(grid, request.get("caller"), msg)
-            answer = handle(msg)
+            answer = grid.handler(part, name)(msg)
             if inspect.isawaitable(answer):
                 answer = await answer
             return reply(request, answer)

@@ -18,34 +18,7 @@ import msgspec
 
 from ..errors import StorageError
 from ..protocol import JobRecord, Result
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    state TEXT NOT NULL,
-    priority INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    not_before REAL NOT NULL,
-    lease_holder TEXT,
-    lease_until REAL,
-    record BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_ready ON jobs (owner, state, priority DESC, seq);
-CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_until) WHERE state = 'leased';
-CREATE TABLE IF NOT EXISTS results (
-    job_id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    state TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    expires_at REAL,
-    result BLOB NOT NULL,
-    copied INTEGER NOT NULL DEFAULT 1
-);
-CREATE INDEX IF NOT EXISTS results_owner ON results (owner);
-CREATE INDEX IF NOT EXISTS results_expiry ON results (expires_at) WHERE expires_at IS NOT NULL;
-"""
+from .sqlite import Txn, chunks, open_db
 
 # an adopted row's lease lasts at least the grace given (its holder renews it with the new owner)
 _GRACE = "lease_until=CASE WHEN state='leased' THEN max(coalesce(lease_until, 0), ?) ELSE lease_until END"
@@ -61,34 +34,9 @@ class Store:
 
     def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
         self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                raise StorageError(f"{path}: cannot switch the database to WAL mode (got {mode})")
-            self.db.execute(f"PRAGMA synchronous={synchronous}")
-            self.db.execute("PRAGMA busy_timeout=5000")
-            self.db.executescript(_SCHEMA)
-            check = self.db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise StorageError(f"{path}: the database is damaged ({check}); move it away to start empty")
-        except sqlite3.DatabaseError as e:
-            raise StorageError(f"{path}: cannot open the job store: {e}. If the file is corrupt, "
-                               "move it away; if the folder is read-only, fix its permissions") from None
-        except OSError as e:
-            raise StorageError(f"{path.parent}: cannot create the data folder: {e}") from None
-        self._migrate()
+        self.db = open_db(path, synchronous)
         row = self.db.execute("SELECT max(seq) FROM jobs").fetchone()
         self._seq = (row[0] or 0) + 1
-
-    def _migrate(self) -> None:
-        """Stores written by earlier versions: results without the `copied` mark (they were handed out,
-        so copied), and jobs waiting on dependencies kept as queued rows with a far not_before."""
-        cols = {c[1] for c in self.db.execute("PRAGMA table_info(results)")}
-        if "copied" not in cols:
-            self.db.execute("ALTER TABLE results ADD COLUMN copied INTEGER NOT NULL DEFAULT 1")
-        self.db.execute("UPDATE jobs SET state='waiting' WHERE state='queued' AND not_before>=9e15")
 
     def close(self) -> None:
         self.db.close()
@@ -109,11 +57,11 @@ class Store:
             raise StorageError(f"{self.path}: write failed: {e}") from None
 
     def _txn(self):
-        return _Txn(self)
+        return Txn(self.db, self.path)
 
-    def transaction(self) -> _Txn:
+    def transaction(self) -> Txn:
         """One transaction around several calls (the calls' own transactions join it)."""
-        return _Txn(self)
+        return Txn(self.db, self.path)
 
     def put_jobs(self, records: Sequence[JobRecord]) -> list[str]:
         """Insert jobs that are not known yet (as jobs or results); returns the ids inserted."""
@@ -164,7 +112,7 @@ class Store:
 
     def _known(self, ids: Sequence[str]) -> set[str]:
         out: set[str] = set()
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             out.update(x for (x,) in self.db.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
             out.update(x for (x,) in self.db.execute(
@@ -173,7 +121,7 @@ class Store:
 
     def _with_results(self, ids: Sequence[str]) -> set[str]:
         out: set[str] = set()
-        for chunk in _chunks(ids, 500):
+        for chunk in chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             out.update(x for (x,) in self.db.execute(
                 f"SELECT job_id FROM results WHERE job_id IN ({marks})", chunk))
@@ -240,7 +188,7 @@ class Store:
         """Give back leased jobs that never started (a runner's prefetch): queued again, attempt undone."""
         out = []
         with self._txn():
-            for chunk in _chunks(list(ids), 500):
+            for chunk in chunks(list(ids), 500):
                 marks = ",".join("?" * len(chunk))
                 rows = self.db.execute(f"SELECT id, record FROM jobs WHERE owner=? AND state='leased' AND "
                                        f"lease_holder=? AND id IN ({marks})", (owner, holder, *chunk)).fetchall()
@@ -304,7 +252,7 @@ class Store:
     def get_results(self, ids: Sequence[str]) -> dict[str, Result]:
         """Results of `ids` held here, whoever owns them and whether or not their copies are written."""
         out: dict[str, Result] = {}
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for job_id, blob in self.db.execute(
                     f"SELECT job_id, result FROM results WHERE job_id IN ({marks})", chunk):
@@ -314,7 +262,7 @@ class Store:
     def held_results(self, ids: Sequence[str]) -> dict[str, tuple[Result, str, bool]]:
         """Results of `ids` held here: (result, owner, copied)."""
         out: dict[str, tuple[Result, str, bool]] = {}
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for job_id, blob, owner, copied in self.db.execute(
                     f"SELECT job_id, result, owner, copied FROM results WHERE job_id IN ({marks})", chunk):
@@ -324,7 +272,7 @@ class Store:
     def servable_results(self, ids: Sequence[str], members: frozenset[str]) -> dict[str, Result]:
         """The results of `ids` that may be handed out: every copy written, owned by a member of the ring."""
         out: dict[str, Result] = {}
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for job_id, blob, owner in self.db.execute(
                     f"SELECT job_id, result, owner FROM results WHERE job_id IN ({marks}) AND copied=1", chunk):
@@ -340,7 +288,7 @@ class Store:
     def mark_copied(self, ids: Sequence[str]) -> None:
         """Every replica has these results now: they may be handed out."""
         with self._txn():
-            for chunk in _chunks(list(ids), 500):
+            for chunk in chunks(list(ids), 500):
                 marks = ",".join("?" * len(chunk))
                 self.db.execute(f"UPDATE results SET copied=1 WHERE copied=0 AND job_id IN ({marks})", chunk)
 
@@ -363,7 +311,7 @@ class Store:
     def held_ids(self, ids: Sequence[str], members: frozenset[str]) -> set[str]:
         """Which of `ids` are held here (as jobs or results) under an owner in `members` (no decoding)."""
         out: set[str] = set()
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for table, col in (("jobs", "id"), ("results", "job_id")):
                 out.update(i for i, o in self.db.execute(
@@ -373,7 +321,7 @@ class Store:
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of these ids are in the jobs table (no record decoding: the result-wait hot path)."""
         out: set[str] = set()
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             out.update(i for (i,) in self.db.execute(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
         return out
@@ -381,7 +329,7 @@ class Store:
     def get_jobs(self, ids: Sequence[str]) -> dict[str, tuple[JobRecord, str]]:
         """id -> (record, stored state)."""
         out: dict[str, tuple[JobRecord, str]] = {}
-        for chunk in _chunks(list(ids), 500):
+        for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for job_id, blob, state, owner in self.db.execute(
                     f"SELECT id, record, state, owner FROM jobs WHERE id IN ({marks})", chunk):
@@ -428,7 +376,7 @@ class Store:
                 self.db.execute("UPDATE results SET owner=? WHERE owner=?", (new_owner, old_owner))
                 return n
             n = 0
-            for chunk in _chunks(list(ids), 500):
+            for chunk in chunks(list(ids), 500):
                 marks = ",".join("?" * len(chunk))
                 n += self.db.execute(f"UPDATE jobs SET owner=?, {_GRACE} WHERE owner=? AND id IN ({marks})",
                                      (new_owner, lease_grace, old_owner, *chunk)).rowcount
@@ -455,7 +403,7 @@ class Store:
                 self.db.execute("DELETE FROM results WHERE owner=?", (owner,))
                 return n
             n = 0
-            for chunk in _chunks(list(ids), 500):
+            for chunk in chunks(list(ids), 500):
                 marks = ",".join("?" * len(chunk))
                 n += self.db.execute(f"DELETE FROM jobs WHERE owner=? AND id IN ({marks})",
                                      (owner, *chunk)).rowcount
@@ -492,38 +440,3 @@ class Store:
             rec.owner = own
             out.append((rec, st))
         return out
-
-
-class _Txn:
-    def __init__(self, store: Store) -> None:
-        self.db = store.db
-        self.path = store.path
-        self.outer = False
-
-    def __enter__(self):
-        if self.db.in_transaction:
-            self.outer = True
-            return self
-        try:
-            self.db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StorageError(f"{self.path}: cannot start a transaction: {e}") from None
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.outer:
-            return False
-        try:
-            if exc_type is None:
-                self.db.execute("COMMIT")
-            else:
-                self.db.execute("ROLLBACK")
-        except sqlite3.Error as e:
-            if exc_type is None:
-                raise StorageError(f"{self.path}: commit failed: {e}") from None
-        return False
-
-
-def _chunks(seq: Sequence, n: int):
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
