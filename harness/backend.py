@@ -123,19 +123,22 @@ class ClusterBase:
             self.proxies.clear()
         self._fault("heal")
 
-    def restart_all(self, timeout: float = 120.0) -> None:
+    def restart_all(self, timeout: float = 120.0, stagger: float = 0.0) -> None:
         """SIGKILL every node still up, then start them all on their data, none told whom to join: they
-        must find each other from the ring they stored (a power cut and a cold start)."""
+        must find each other from the ring they stored (a power cut and a cold start). `stagger`: seconds
+        between one node's start and the next (0: all at once; nodes wait for a majority of their ring)."""
         for n in self.nodes:
             if n.state in ("running", "paused"):
                 if n.state == "paused":
                     self.resume(n)  # type: ignore[attr-defined]
                 self.kill(n)  # type: ignore[attr-defined]
-        for n in self.nodes:
+        for i, n in enumerate(self.nodes):
+            if i and stagger > 0:
+                time.sleep(stagger)  # the schedule of the restart itself, not a wait for a condition
             self.start(n, join=None)  # type: ignore[attr-defined]
         for n in self.nodes:
             self.wait_healthy(n, timeout)  # type: ignore[attr-defined]
-        self._fault("restart-all")
+        self._fault("restart-all", stagger=stagger)
 
     def _fault(self, kind: str, node: Any = None, **extra: Any) -> None:
         """Record a fault injected now (the run's verdict and plots read `faults`)."""

@@ -154,12 +154,14 @@ def _targets(a: argparse.Namespace) -> dict:
 def chaos_fault(cluster: Any, a: argparse.Namespace) -> Any:
     """The fault `harness chaos` was asked for, from the registry (None for --restart / --resume)."""
     last = [n.name for n in cluster.live()]
+    if a.stagger < 0 or (a.stagger and not a.restart_all):
+        raise HarnessError("--stagger takes seconds >= 0 and goes with --restart-all")
     if a.kill:
         return make("kill", cluster, nodes=a.node or last[-a.kill:], count=a.kill, keep_majority=False)
     if a.pause:
         return make("pause", cluster, nodes=a.node or last[-a.pause:], count=a.pause)
     if a.restart_all:
-        return make("restart-all", cluster)
+        return make("restart-all", cluster, stagger=a.stagger)
     if a.partition:
         return partition_class(a.via)(cluster, shape=a.partition)
     t = _targets(a)
@@ -285,6 +287,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kill", type=int, metavar="N", help="SIGKILL N nodes (a count; default: the last N live ones, or --node)")
     g.add_argument("--restart", action="store_true", help="start every killed node again on its data")
     g.add_argument("--restart-all", action="store_true", help="SIGKILL every node, then start all again")
+    s.add_argument("--stagger", type=float, default=0.0, metavar="S",
+                   help="with --restart-all: start the nodes one every S seconds instead of all at once")
     g.add_argument("--pause", type=int, metavar="N", help="SIGSTOP / docker pause N nodes (a count; default: the last N live ones, or --node)")
     g.add_argument("--resume", action="store_true", help="resume every paused node")
     g.add_argument("--partition", choices=PARTITIONS, help="cut the network into this shape (see --via; default: no partition)")

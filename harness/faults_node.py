@@ -90,10 +90,13 @@ class RestartAll(Fault):
 
     def _apply(self) -> None:
         self.nodes = [n.name for n in self.cluster.nodes]
-        self.cluster.restart_all(timeout=float(self.params.get("timeout") or 120.0))
+        self.cluster.restart_all(timeout=float(self.params.get("timeout") or 120.0),
+                                 stagger=float(self.params.get("stagger") or 0.0))
 
     def _heal(self) -> None:
         pass
 
     def describe(self) -> str:
-        return "restart all nodes (SIGKILL every node, start all again)"
+        stagger = float(self.params.get("stagger") or 0.0)
+        return ("restart all nodes (SIGKILL every node, start all again"
+                + (f", one every {stagger:g} s)" if stagger else ")"))
