@@ -389,7 +389,7 @@ class SwarmCluster(ClusterBase):
             self.wait_healthy(node, timeout)
             self._fault("restart", node)
 
-    def restart_all(self, timeout: float = 180.0) -> None:
+    def restart_all(self, timeout: float = 180.0, stagger: float = 0.0) -> None:
         raise HarnessError(
             "restart-all is not supported on the swarm backend: every new task comes back at a new address, "
             "the ring each one saved names only the old ones, and tasks.<service> lists no task until one is "
