@@ -108,9 +108,13 @@ class ClusterBase:
 
     def client_urls(self) -> list[str]:
         """The addresses clients use: each node's client proxy when links pass Toxiproxy, else the node."""
+        return [self.dial_address(n) for n in self.nodes]
+
+    def dial_address(self, node: Any) -> str:
+        """The address clients use for this node: its client proxy when links pass Toxiproxy, else its own."""
         if self.proxies is None:
-            return [n.url for n in self.nodes]
-        return [self.proxies.client_url(n, n.url.split("://")[0]) for n in self.nodes]
+            return node.url
+        return self.proxies.client_url(node, node.url.split("://")[0])
 
     def heal(self) -> None:
         """Remove every partition rule and every toxic; enable every proxy."""

@@ -1,7 +1,7 @@
 """`harness`: bring a jobgrid cluster up (Docker containers or local processes), break it, judge it.
 
     harness image [--base debian|pull|auto]
-    harness up --nodes 5 [--replicas 3] [--backend docker|local] [--links toxiproxy|direct] [--runners N]
+    harness up --nodes 5 [--replicas 3] [--backend docker|swarm|local] [--links toxiproxy|direct] [--runners N]
     harness status | harness logs NODE | harness heal | harness down
     harness submit --jobs N [--kind noop|sleep|cpu|fail|script|call|mix] [--rate R]
     harness chaos --kill N | --pause N | --restart | --restart-all | --resume | --partition SHAPE [--via ...]
@@ -56,7 +56,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     if old is not None and any(n.state in ("running", "paused") for n in old.nodes):
         raise HarnessError("a cluster is already up here: `harness down` first")
     backend = pick_backend(a.backend)
-    links = pick_links(a.links)
+    links = pick_links(a.links, backend=backend)
     workdir = (STATE_DIR / "local").resolve() if backend == "local" else None
     if workdir is not None and workdir.exists():
         shutil.rmtree(workdir)
@@ -65,7 +65,7 @@ def cmd_up(a: argparse.Namespace) -> int:
     try:
         with console.status(f"starting {a.nodes} nodes ({backend}, {links} links); waiting until all server "
                             "lists agree"):
-            cluster.up(a.nodes, timeout=120)
+            cluster.up(a.nodes, timeout=240 if backend == "swarm" else 120)
     except BaseException:
         cluster.stop()
         raise
@@ -112,8 +112,9 @@ def cmd_down(a: argparse.Namespace) -> int:
     if cluster.backend == "local":
         shutil.rmtree(cluster.workdir, ignore_errors=True)
     state_path().unlink(missing_ok=True)
-    console.print("[green]cluster down[/green]: nodes, rules, proxies" + (", network and volumes" if cluster.backend
-                                                                         == "docker" else "") + " removed")
+    console.print("[green]cluster down[/green]: nodes, rules, proxies" + {
+        "docker": ", network and volumes", "swarm": ", the stack (service, network, secrets), volumes and gateway"}.get(
+        cluster.backend, "") + " removed")
     return 0
 
 
@@ -243,8 +244,9 @@ def _cluster_opts(s: argparse.ArgumentParser, runners: int) -> None:
     s.add_argument("--nodes", type=int, default=5, help="nodes in the grid (default 5)")
     s.add_argument("--replicas", type=int, default=3, help="copies of each job, owner included (default 3)")
     s.add_argument("--runners", type=int, default=runners, help=f"worker processes per node (default {runners})")
-    s.add_argument("--backend", choices=("docker", "local"),
-                   help="docker containers or local processes (default: docker when a daemon answers)")
+    s.add_argument("--backend", choices=("docker", "swarm", "local"),
+                   help="docker containers, a Docker Swarm stack (deploy/swarm; a one-host swarm is made if this "
+                        "Engine is not in one) or local processes (default: docker when a daemon answers)")
     s.add_argument("--links", choices=("toxiproxy", "direct"),
                    help="toxiproxy: every link through its own Toxiproxy proxy; direct: none (default: toxiproxy "
                         "when a server can be had)")

@@ -55,6 +55,9 @@ def load_cluster(required: bool = True) -> Any:
     if st["backend"] == "docker":
         from .docker_backend import DockerCluster  # noqa: PLC0415
         c = DockerCluster.from_state(st)
+    elif st["backend"] == "swarm":
+        from .swarm_backend import SwarmCluster  # noqa: PLC0415
+        c = SwarmCluster.from_state(st)
     else:
         c = LocalCluster.from_state(st)
     c.faults = st.get("faults", [])
@@ -77,9 +80,14 @@ def pick_backend(name: str | None) -> str:
     return "docker" if docker_answers() else "local"
 
 
-def pick_links(name: str | None, *, needs_proxies: bool = False) -> str:
+def pick_links(name: str | None, *, needs_proxies: bool = False, backend: str | None = None) -> str:
     """"toxiproxy" when asked, or by default when a Toxiproxy server can be had; else "direct"."""
     from .toxiserver import HOW_TO_GET, available  # noqa: PLC0415
+    if backend == "swarm":
+        if name == "toxiproxy" or needs_proxies:
+            raise HarnessError("the swarm backend has direct links only (no Toxiproxy on the overlay network): "
+                               "use its kill, pause, restart and iptables partitions, or --backend docker")
+        return "direct"
     if name == "direct" and needs_proxies:
         raise HarnessError("these faults need --links toxiproxy")
     if name:
@@ -107,13 +115,23 @@ def make_cluster(backend: str, *, replicas: int, runners: int, workdir: Path | N
             ensure_images()
         return DockerCluster(replicas=replicas, runners=runners, token=token, heartbeat_interval=heartbeat,
                              failure_timeout=failure_timeout, links=links)
+    if backend == "swarm":
+        from .images import NODE_TAG, ensure_images  # noqa: PLC0415
+        from .swarm_backend import SwarmCluster  # noqa: PLC0415
+        if console is not None:
+            with console.status(f"building images ({NODE_TAG})"):
+                ensure_images()
+        else:
+            ensure_images()
+        return SwarmCluster(replicas=replicas, runners=runners, token=token, heartbeat_interval=heartbeat,
+                            failure_timeout=failure_timeout, links=links)
     if backend == "local":
         wd = workdir or Path(tempfile.mkdtemp(prefix="harness-local-"))
         # a 127.0.x.0/24 block of its own, away from the 127.0.0.x the tests use
         return LocalCluster(wd, replicas=replicas, runners=runners, token=token, heartbeat_interval=heartbeat,
                             failure_timeout=failure_timeout, first_octet=256 * (2 + os.getpid() % 30) + 10,
                             links=links)
-    raise HarnessError(f"unknown backend {backend!r}: docker or local")
+    raise HarnessError(f"unknown backend {backend!r}: docker, swarm or local")
 
 
 def node_table(cluster: Any) -> Table:
@@ -122,7 +140,7 @@ def node_table(cluster: Any) -> Table:
     for col in ("node", "address", "clients dial", "state", "id", "ring position (of 1)", "active", "backup",
                 "epoch"):
         t.add_column(col)
-    dial = dict(zip((n.name for n in cluster.nodes), cluster.client_urls()))
+    dial = {n.name: cluster.dial_address(n) for n in cluster.nodes}
     for n in cluster.nodes:
         st = states.get(n.name, {})
         counts = st.get("counts", {})

@@ -84,7 +84,7 @@ def _nemesis(cfg: RunConfig, cluster: Any, seed: int, console: Console) -> Nemes
 
 def run(cfg: RunConfig, console: Console) -> int:
     backend = pick_backend(cfg.backend)
-    links = pick_links(cfg.links, needs_proxies=cfg.via == "toxiproxy" or bool(cfg.faults))
+    links = pick_links(cfg.links, needs_proxies=cfg.via == "toxiproxy" or bool(cfg.faults), backend=backend)
     seed = cfg.seed if cfg.seed is not None else random.SystemRandom().randrange(1, 10**6)
     outdir = _outdir(cfg.runs_dir)
     if cfg.partition and cfg.via == "iptables" and backend == "local" and os.geteuid() != 0:
@@ -107,7 +107,7 @@ def run(cfg: RunConfig, console: Console) -> int:
     result: dict = {}
     try:
         with console.status(f"starting {cfg.nodes} nodes"):
-            cluster.up(cfg.nodes, timeout=120)
+            cluster.up(cfg.nodes, timeout=240 if backend == "swarm" else 120)
         console.print(node_table(cluster))
         nem = _nemesis(cfg, cluster, seed, console)
         t0 = time.monotonic()

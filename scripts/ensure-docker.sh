@@ -13,7 +13,7 @@ set -u
 
 LOG=/var/log/dockerd-jobgrid.log
 WAIT_SECONDS=${JOBGRID_DOCKER_WAIT:-60}
-PKGS=(docker.io iptables debootstrap)
+PKGS=(docker.io iptables debootstrap iproute2)  # iproute2: the swarm test routes the overlay through its gateway
 
 die() { echo "ensure-docker: ERROR: $*" >&2; exit 1; }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jobgrid.protocol import Member, RecoveryState, RingState
+from jobgrid import recovery
 from jobgrid.recovery import decide, describe
 
 M = [Member(id=n, location=i * 1000, ip="127.0.0.1", port=9000 + i) for i, n in enumerate("abcde")]
@@ -45,3 +46,16 @@ def test_force_brings_up_the_members_that_are_back_and_removes_the_rest():
     assert d.action == "force" and d.base == SAVED
     assert [m.id for m in d.ring.members] == ["b", "c"] and d.ring.key() > SAVED.key()
     assert decide("b", SAVED, [back("c"), back("d")], force=True).action == "resume"  # a majority needs no force
+
+
+def test_peer_addresses_expand_a_join_name_to_every_live_member_but_this_node():
+    """Swarm's tasks.<service> names every live task, this node's own address among them once it is listed."""
+    contacts = [("tasks.jobgrid_node", 8000), ("10.0.1.7", 8000), ("10.0.1.5", 8000)]
+    resolved = {"tasks.jobgrid_node": ["10.0.1.5", "10.0.1.6", "10.0.1.9"], "10.0.1.7": ["10.0.1.7"],
+                "10.0.1.5": ["10.0.1.5"]}
+    assert recovery.peer_addresses(contacts, resolved, ("10.0.1.9", 8000)) == [
+        ("10.0.1.5", 8000), ("10.0.1.6", 8000), ("10.0.1.7", 8000)]
+    # a name with no live member behind it yet gives nothing to ask (the joiner asks again next round)
+    assert recovery.peer_addresses([("tasks.jobgrid_node", 8000)], {}, ("10.0.1.9", 8000)) == []
+    # the same address on another port is another node
+    assert recovery.peer_addresses([("h", 8001)], {"h": ["10.0.1.9"]}, ("10.0.1.9", 8000)) == [("10.0.1.9", 8001)]

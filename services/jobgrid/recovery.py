@@ -104,3 +104,16 @@ def replicas_problem(asked: int | None, ring: RingState) -> str | None:
         return None
     return (f"this grid keeps {have} copies of every job, but this node was started with --replicas {asked}; "
             f"start it without --replicas (it adopts the grid's) or with --replicas {have}")
+
+
+def peer_addresses(contacts: Sequence[tuple[str, int]], resolved: dict[str, Sequence[str]],
+                   me: tuple[str, int]) -> list[tuple[str, int]]:
+    """The addresses to ask, in order: each contact's every address (`resolved[host]`: a DNS name such as
+    Swarm's `tasks.<service>` or a Kubernetes headless Service names every live member; a name that does not
+    resolve yet gives none), without repeats and without this node's own address."""
+    out: dict[tuple[str, int], None] = {}
+    for host, port in contacts:
+        for ip in resolved.get(host, ()):
+            if (ip, port) != me:
+                out[(ip, port)] = None
+    return list(out)

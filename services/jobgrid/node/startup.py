@@ -10,7 +10,9 @@ asks the peers and carries them out through the ring keeper.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
+import socket
 import time
 from collections.abc import Sequence
 
@@ -42,6 +44,26 @@ class Startup:
         if saved is not None:
             out += [(m.ip, m.port) for m in saved.members if m.id != self.ctx.id]
         return out
+
+    async def _addresses(self, contacts: Sequence[Address]) -> list[Address]:
+        """Every address behind the contacts, looked up again on each call: a join name (Swarm's
+        tasks.<service>, a headless Service) names whichever members are live right now, this node excepted."""
+        loop = asyncio.get_running_loop()
+
+        async def lookup(host: str) -> tuple[str, list[str]]:
+            try:
+                ipaddress.ip_address(host)
+                return host, [host]
+            except ValueError:
+                pass
+            try:
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:  # no live member behind the name yet (or no such name): ask again next round
+                return host, []
+            return host, [str(i[4][0]) for i in infos]
+
+        resolved = dict(await asyncio.gather(*(lookup(h) for h in dict.fromkeys(h for h, _ in contacts))))
+        return recovery.peer_addresses(contacts, resolved, (self.ctx.s.advertised_host, self.ctx.s.port))
 
     async def start(self) -> None:
         """First node of a new grid, a node joining one, or a node coming back on its data dir."""
@@ -100,7 +122,7 @@ class Startup:
                 return await self.ctx.peers.call(host, port, "/peer/recovery", None, RecoveryState, method="GET")
             except (PeerError, ProtocolError):
                 return None
-        answers = await asyncio.gather(*(one(h, p) for h, p in dict.fromkeys(contacts)))
+        answers = await asyncio.gather(*(one(h, p) for h, p in await self._addresses(contacts)))
         return [a for a in answers if a is not None and a.node != self.ctx.id]
 
     async def recover(self, contacts: Sequence[Address]) -> RingState | None:
@@ -152,14 +174,15 @@ class Startup:
     # ---- joining ----------------------------------------------------------------------------------------
     async def _fetch_ring_any(self, contacts: Sequence[Address]) -> RingState | None:
         best: RingState | None = None
-        for host, port in contacts:
+        joins = set(await self._addresses([self.ctx.s.join])) if self.ctx.s.join else set()
+        for host, port in await self._addresses(contacts):
             try:
                 r = await self.ctx.peers.call(host, port, "/peer/ring", None, RingState, method="GET")
             except (PeerError, ProtocolError):
                 continue
             if best is None or r.key() > best.key():
                 best = r
-            if self.ctx.s.join and (host, port) == self.ctx.s.join:
+            if (host, port) in joins:  # a live member behind the join address knows the grid's ring
                 break
         return best
 
