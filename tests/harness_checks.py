@@ -9,7 +9,7 @@ from harness import scenarios
 
 
 def assert_valid(out: scenarios.Outcome, acknowledged: int = 150) -> None:
-    assert out.verdict.valid, out.verdict.to_dict(limit=20)
+    assert out.verdict.valid, (out.verdict.to_dict(limit=20), out.timing.get("no_result"), out.fault)
     assert out.verdict.acknowledged_count == acknowledged, (out.verdict.to_dict(limit=5), out.submit_errors()[:5])
     assert out.verdict.lost_count == 0 and out.verdict.duplicated_count == 0
 

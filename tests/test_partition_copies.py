@@ -105,6 +105,18 @@ def test_store_never_replaces_its_own_record(store):
     assert (held[0].node, held[1]) == ("e", "e")
 
 
+def test_a_handed_off_orphan_result_never_deletes_a_job_this_node_owns(store):
+    """The loss behind the halves-partition scenario's lost job: the promoter of a removed owner's position
+    (e) owns the job now (queued); the removed owner's new incarnation hands off its orphan run's result;
+    storing that copy deleted e's own job row, the run then reported to e found no job ("unknown"), and
+    the job was gone from every node. The copy is kept; e's job stays until a run is reported to it."""
+    store.put_jobs([JobRecord(spec=JobSpec(id="j", kind="call", target="jobgrid.examples:noop"), owner="e")])
+    store.put_result_replicas("a", [_res("j", "a", 3.0)], [], me="e", members=MEMBERS)
+    (rec, state), = store.get_jobs(["j"]).values()
+    assert (rec.owner, state) == ("e", "queued")
+    assert "j" in store.held_results(["j"])
+
+
 # ---- the minority's run, met again at reconciliation -------------------------------------------------------
 def test_an_orphan_result_of_another_run_is_a_second_run():
     ours = {"j": _res("j", "a", 3.0), "k": _res("k", "a", 4.0), "q": _res("q", "a", 5.0)}

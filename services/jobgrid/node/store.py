@@ -251,7 +251,9 @@ class Store:
                         "state=excluded.state, expires_at=excluded.expires_at, result=excluded.result, copied=1",
                         [(r.job_id, owner, r.state, now, r.expires_at, _enc.encode(r)) for r in take])
             ids = list(drop) + [r.job_id for r in take]
-            self._write("DELETE FROM jobs WHERE id=?", [(i,) for i in ids])
+            # a copy ends the queued copy of its job, never a job this node owns (e.g. promoted here: an
+            # orphan's run reaches it through the owner, Reported, as any run does)
+            self._write("DELETE FROM jobs WHERE id=? AND owner!=?", [(i, me) for i in ids])
             self._write("DELETE FROM results WHERE job_id=? AND owner=?", [(i, owner) for i in drop])  # expired
 
     def get_results(self, ids: Sequence[str]) -> dict[str, Result]:
