@@ -288,7 +288,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--restart", action="store_true", help="start every killed node again on its data")
     g.add_argument("--restart-all", action="store_true", help="SIGKILL every node, then start all again")
     s.add_argument("--stagger", type=float, default=0.0, metavar="S",
-                   help="with --restart-all: start the nodes one every S seconds instead of all at once")
+                   help="with --restart-all: start the nodes one every S seconds (default 0: all at once)")
     g.add_argument("--pause", type=int, metavar="N", help="SIGSTOP / docker pause N nodes (a count; default: the last N live ones, or --node)")
     g.add_argument("--resume", action="store_true", help="resume every paused node")
     g.add_argument("--partition", choices=PARTITIONS, help="cut the network into this shape (see --via; default: no partition)")

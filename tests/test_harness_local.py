@@ -81,7 +81,11 @@ def test_harness_run_cli_writes_run_folder(tmp_path):
     (run,) = list(runs.iterdir())
     res = json.loads((run / "results.json").read_text())
     assert res["valid?"] is True and res["lost-count"] == 0 and res["acknowledged-count"] == 150
-    assert isinstance(res["promotions"], list) and res["promotions"], res
+    # both planned faults happened and are in the results; a promotion is recorded only when the node taken
+    # away held unfinished jobs (no-op jobs may all be done by then), so promotions may be an empty list
+    assert {f["kind"] for f in res["faults"]} >= {"kill", "partition"}, res["faults"]
+    assert isinstance(res["promotions"], list)
+    assert all(p["jobs"] > 0 and p["dead_name"] for p in res["promotions"]), res["promotions"]
     for png in ("throughput.png", "latency.png"):
         data = (run / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000

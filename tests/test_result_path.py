@@ -87,8 +87,13 @@ def test_a_joiner_adopts_the_grids_replicas_and_refuses_a_different_one(cluster_
     # R=2 everywhere: the jobs submitted to `second` have exactly one copy, on its one successor
     specs = [pickle_spec(examples.noop, (i,), {}, delay=600) for i in range(20)]
     assert post(second.url + "/jobs", msgspec.json.encode(SubmitRequest(jobs=specs)))[0] == 202
-    backups = {n.name: cl.get(n, "/state")["counts"]["backup"] for n in (first, third)}
-    assert sorted(backups.values()) == [0, 20], backups
+    # /state's queue counts are a view recounted at most every 0.1 s (node/counts.py): wait for the recount
+    backups: dict = {}
+
+    def one_copy_each() -> bool:
+        backups.update({n.name: cl.get(n, "/state")["counts"]["backup"] for n in (first, third)})
+        return sorted(backups.values()) == [0, 20]
+    wait_for(one_copy_each, 5, f"the 20 copies on one successor only (last seen {backups})")
 
     cl.replicas = 3  # a node that asks for another R: one clear line, and it does not join
     odd = cl.start(cl.add_node(), join=first)
