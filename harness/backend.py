@@ -257,3 +257,32 @@ def groups_of(kind: str, nodes: Sequence[Any]) -> list[list[str]]:
     """A human-readable description of the partition: who still sees whom."""
     cut = cut_links(kind, nodes)
     return [[n.name] + [m.name for m in nodes if m is not n and (n.name, m.name) not in cut] for n in nodes]
+
+
+class ContainerFaults:
+    """kill / pause / resume of a node that is one container (the Docker and Swarm backends): the
+    backend finds the node's container (`_ct`) and says what a kill leaves behind (`_killed`)."""
+
+    def _ct(self, node: Any) -> Any:
+        raise NotImplementedError
+
+    def _killed(self, node: Any) -> None:
+        """After SIGKILL: the node's record (the Swarm backend forgets the task's container)."""
+
+    def kill(self, node: Any) -> None:
+        if node.state != "running":
+            raise HarnessError(f"{node.name} is not running")
+        self._ct(node).kill("SIGKILL")
+        node.state = "killed"
+        self._killed(node)
+        self._fault("kill", node)  # type: ignore[attr-defined]
+
+    def pause(self, node: Any) -> None:
+        self._ct(node).pause()
+        node.state = "paused"
+        self._fault("pause", node)  # type: ignore[attr-defined]
+
+    def resume(self, node: Any) -> None:
+        self._ct(node).unpause()
+        node.state = "running"
+        self._fault("resume", node)  # type: ignore[attr-defined]

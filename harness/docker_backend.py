@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import ClusterBase, wait_for
+from .backend import ClusterBase, ContainerFaults, wait_for
 from .errors import HarnessError
 from .images import NODE_TAG, docker_client
 from .proxies import ProxyNet
@@ -65,7 +65,7 @@ def _subnet_for(client: Any, cluster: str) -> str:
     raise HarnessError("no free 172.30-31.x.0/24 subnet for the cluster network")
 
 
-class DockerCluster(ClusterBase):
+class DockerCluster(ContainerFaults, ClusterBase):
     """N containers; `stop()` removes every container, the network and the volumes."""
 
     backend = "docker"
@@ -250,23 +250,6 @@ class DockerCluster(ClusterBase):
             return self.client.containers.get(node.container)
         except Exception as e:  # noqa: BLE001
             raise HarnessError(f"{node.name}: no container {node.container}") from e
-
-    def kill(self, node: DockerNode) -> None:
-        if node.state != "running":
-            raise HarnessError(f"{node.name} is not running")
-        self._ct(node).kill("SIGKILL")
-        node.state = "killed"
-        self._fault("kill", node)
-
-    def pause(self, node: DockerNode) -> None:
-        self._ct(node).pause()
-        node.state = "paused"
-        self._fault("pause", node)
-
-    def resume(self, node: DockerNode) -> None:
-        self._ct(node).unpause()
-        node.state = "running"
-        self._fault("resume", node)
 
 
     def _exec(self, node: DockerNode, *cmd: str, check: bool = True) -> tuple[int, str]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backend import ClusterBase, wait_for
+from .backend import ClusterBase, ContainerFaults, wait_for
 from .errors import HarnessError
 from .images import NODE_TAG, PROJECT_ROOT, docker_client
 from .swarm_gateway import start_gateway
@@ -109,7 +109,7 @@ def render(stack: dict, *, image: str, nodes: int, replicas: int, runners: int, 
     return stack
 
 
-class SwarmCluster(ClusterBase):
+class SwarmCluster(ContainerFaults, ClusterBase):
     """The grid as a stack on a (one-host) swarm; `stop()` removes the stack, its secrets and volumes, the
     gateway, its network and route, and the swarm if `up` made it."""
 
@@ -345,23 +345,8 @@ class SwarmCluster(ClusterBase):
             raise HarnessError(f"{node.name} has no running task")
         return self.client.containers.get(node.container)
 
-    def kill(self, node: SwarmNode) -> None:
-        if node.state != "running":
-            raise HarnessError(f"{node.name} is not running")
-        self._ct(node).kill("SIGKILL")
-        node.state = "killed"
-        node.container = ""
-        self._fault("kill", node)
-
-    def pause(self, node: SwarmNode) -> None:
-        self._ct(node).pause()
-        node.state = "paused"
-        self._fault("pause", node)
-
-    def resume(self, node: SwarmNode) -> None:
-        self._ct(node).unpause()
-        node.state = "running"
-        self._fault("resume", node)
+    def _killed(self, node: SwarmNode) -> None:
+        node.container = ""  # Swarm replaces the task: its next container is found by slot
 
     def start(self, node: SwarmNode, join: Any = None) -> SwarmNode:
         """Swarm starts the tasks: wait for the slot's next one."""
